@@ -1,0 +1,184 @@
+"""Honest evaluation: test-set ELBO and the importance-sampled log-likelihood
+log p(x) ≈ log (1/k) Σ p(x, z_k) / q(z_k|x) (Burda et al. 2016), in nats and
+bits per dimension.
+
+It runs on the exported ONNX graphs, so the numbers describe exactly the
+files the service loads.
+
+    vae-eval model_store/mnist/1 --data ../shared/data/mnist --k 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from trainer import data as datasets
+from trainer.likelihood import Likelihood, log_prob
+from trainer.objectives import iwae, kl, log_weights, reparameterize
+
+Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Decode = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Graphs:
+    """encoder.onnx and decoder.onnx behind torch-tensor callables."""
+
+    def __init__(self, version_dir: Path, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # Spinning threads fight each other on small machines; see the service's settings.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(version_dir / "encoder.onnx"), options, providers)
+        self.decoder = ort.InferenceSession(str(version_dir / "decoder.onnx"), options, providers)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encoder.run(["mean", "log_var"], {"x": x.numpy()})
+        return torch.from_numpy(mean), torch.from_numpy(log_var)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        (logits,) = self.decoder.run(["logits"], {"z": z.reshape(-1, z.shape[-1]).numpy()})
+        out = torch.from_numpy(logits)
+        return out.reshape(*lead, *out.shape[1:])
+
+
+def prepare(images: np.ndarray, binarize: bool, seed: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [0, 1]; binarised once with a fixed seed if asked
+    (the dynamically binarised MNIST protocol evaluates one seeded draw of the test set)."""
+    x = torch.from_numpy(np.array(images, np.float32)) / 255  # a copy: IDX buffers are read-only
+    if binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
+
+
+@torch.no_grad()
+def evaluate(
+    encode: Encode,
+    decode: Decode,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    k: int,
+    seed: int = 0,
+    batch_size: int = 100,
+    rows_per_call: int = 20000,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Mean test ELBO (one sample) and importance-sampled log-likelihood (k samples)."""
+    g = torch.Generator().manual_seed(seed)
+    dims = x[0].numel()
+    elbos, lls = [], []
+    chunk = max(1, rows_per_call // batch_size)  # samples per decoder call
+    batches = range(0, len(x), batch_size)
+    for start in tqdm(batches, desc=f"eval k={k}", disable=not progress, file=sys.stderr,
+                      mininterval=0.1 if sys.stderr.isatty() else 10.0):
+        xb = x[start : start + batch_size]
+        mean, log_var = encode(xb)
+        divergence = kl(mean, log_var)
+        log_w = []
+        for s in range(0, k, chunk):
+            eps = torch.randn((min(chunk, k - s), *mean.shape), generator=g)
+            z = reparameterize(mean, log_var, eps)  # (c, B, L)
+            w, rec = log_weights(likelihood, xb, mean, log_var, z, decode(z))
+            if s == 0:
+                elbos.append(rec[0] - divergence)  # the first sample gives the ELBO estimate
+            log_w.append(w)
+        lls.append(iwae(torch.cat(log_w)))
+    elbo = torch.cat(elbos).double().mean().item()
+    ll = torch.cat(lls).double().mean().item()
+    nats_per_bit = dims * math.log(2)
+    return {
+        "n": len(x),
+        "elbo": elbo,
+        "log_likelihood": ll,
+        "k": k,
+        "bits_per_dim_elbo": -elbo / nats_per_bit,
+        "bits_per_dim": -ll / nats_per_bit,
+        "seed": seed,
+    }
+
+
+@torch.no_grad()
+def serving_elbo(
+    encode: Encode, decode: Decode, likelihood: Likelihood, x: torch.Tensor, seed: int = 0
+) -> torch.Tensor:
+    """The per-image ELBO exactly as the service's /elbo computes it by default:
+    unbinarised pixels, one sample, eps from numpy's default_rng(seed) per image."""
+    mean, log_var = encode(x)
+    eps = np.random.default_rng(seed).standard_normal((1, mean.shape[-1]), dtype=np.float32)
+    z = reparameterize(mean, log_var, torch.from_numpy(eps))  # (B, L), eps shared per image
+    return log_prob(likelihood, x, decode(z)) - kl(mean, log_var)
+
+
+LEVELS = [0.0, 0.001, 0.002, 0.005, *[i / 100 for i in range(1, 100)], 0.995, 0.998, 0.999, 1.0]
+
+
+def calibrate(elbo: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Quantiles of held-out ELBO: the service's anomaly thresholds and percentiles."""
+    values = np.quantile(elbo.double().numpy(), LEVELS)
+    return {
+        "split": "validation",
+        "n": len(elbo),
+        "k": 1,
+        "seed": seed,
+        "statistic": "elbo",
+        "levels": LEVELS,
+        "elbo_quantiles": [round(float(v), 4) for v in values],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vae-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("version_dir", type=Path, help="a model store version, e.g. model_store/mnist/1")
+    parser.add_argument("--data", required=True, help="the dataset the model was trained on")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples (default 5000)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--seed", type=int, default=None, help="default: the manifest's")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    try:
+        manifest = json.loads((args.version_dir / "manifest.json").read_text())
+        config = manifest["training"]
+        dataset = datasets.load(args.data, config["channels"], _size(config))
+        _, _, test = datasets.splits(
+            dataset, config["validation"], config["test_fraction"], config["seed"]
+        )
+    except (OSError, KeyError, json.JSONDecodeError, datasets.DataError) as e:
+        print(f"vae-eval: error: {e}", file=sys.stderr)
+        return 1
+    if args.limit:
+        test = test[: args.limit]
+    recorded = manifest.get("metrics", {}).get("test", {})
+    seed = args.seed if args.seed is not None else recorded.get("seed", 0)
+    graphs = Graphs(args.version_dir, args.threads)
+    binarize = manifest["likelihood"] == "bernoulli" and config["binarize"]
+    x = prepare(test, binarize, seed)
+    result = evaluate(graphs.encode, graphs.decode, manifest["likelihood"], x, args.k, seed,
+                      args.batch_size)
+    result["binarization"] = "dynamic" if binarize else "none"
+    print(json.dumps({"measured": result, "manifest": recorded}, indent=2))
+    return 0
+
+
+def _size(config: dict[str, Any]) -> tuple[int, int] | None:
+    size = config.get("image_size")
+    return (size[0], size[1]) if size else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
