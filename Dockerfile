@@ -1,0 +1,99 @@
+# vae-serve images. Targets:
+#   serve      (default) CPU inference: FastAPI + ONNX Runtime, no torch
+#   serve-gpu  the same on a CUDA runtime base with onnxruntime-gpu
+#   train      the trainer (torch, the `train` extra); writes a new model version
+# One uvicorn worker per container: requests are batched inside the process,
+# so scale out with replicas, not workers.
+
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+# --- serving dependencies, built into a venv that the runtime stage copies ---
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY trainer ./trainer
+RUN pip install --no-cache-dir .
+
+# --- training image: docker compose --profile train run --rm train ---
+FROM ${PYTHON_IMAGE} AS train
+WORKDIR /src
+# torch==2.13.0 is pinned in the `train` extra; pass
+# --build-arg PIP_EXTRA_INDEX_URL=<a CPU wheel index> for a CPU-only torch.
+ARG PIP_EXTRA_INDEX_URL=""
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    MPLCONFIGDIR=/tmp/matplotlib
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY trainer ./trainer
+RUN pip install --no-cache-dir "./[train]" \
+    && groupadd --system --gid 10001 vae \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
+USER 10001:10001
+CMD ["vae-train", "--data", "/data/mnist", "--out", "/model_store/mnist"]
+
+# --- GPU serving: onnxruntime-gpu on a CUDA runtime base ---
+FROM ${CUDA_IMAGE} AS gpu-build
+# Ubuntu's python3 (3.12 on 24.04): the base tag fixes the release; apt
+# version pins would break the build at Ubuntu's next security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY trainer ./trainer
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` package:
+# drop the CPU one and lay the GPU one, at the version the extra resolved,
+# down again over the files that the uninstall removed.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir "./[gpu]" \
+    && ort_gpu="onnxruntime-gpu==$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
+    && pip uninstall --yes onnxruntime \
+    && pip install --no-cache-dir --no-deps --force-reinstall "$ort_gpu"
+
+FROM ${CUDA_IMAGE} AS serve-gpu
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 vae \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
+COPY --from=gpu-build /opt/venv /opt/venv
+COPY model_store /model_store
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    VAE_HOST=0.0.0.0 \
+    VAE_PORT=8000 \
+    VAE_MODEL_STORE=/model_store \
+    VAE_DEVICE=cuda
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VAE_PORT', '8000'), timeout=2)"]
+CMD ["vae-serve"]
+
+# --- CPU serving (the default target, so it stays last) ---
+FROM ${PYTHON_IMAGE} AS serve
+RUN groupadd --system --gid 10001 vae \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
+COPY --from=build /opt/venv /opt/venv
+COPY model_store /model_store
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    VAE_HOST=0.0.0.0 \
+    VAE_PORT=8000 \
+    VAE_MODEL_STORE=/model_store \
+    VAE_DEVICE=cpu
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VAE_PORT', '8000'), timeout=2)"]
+CMD ["vae-serve"]
