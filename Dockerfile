@@ -6,7 +6,10 @@
 # so scale out with replicas, not workers.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# onnxruntime-gpu from PyPI is built for CUDA 13 and cuDNN 9 (1.31.1 links
+# libcudart.so.13): the base's CUDA major must follow it. Hosts need a driver
+# that supports CUDA 13.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # --- serving dependencies, built into a venv that the runtime stage copies ---
 FROM ${PYTHON_IMAGE} AS build
