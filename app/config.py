@@ -1,0 +1,100 @@
+"""Service settings, read once from `VAE_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The store's folder names (docs/manifest.md); also what a `model` query may be.
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; each field is `VAE_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", frozen=True)
+
+    model_store: Path = Field(
+        default=Path("model_store"), description="Folder of <name>/<version>/."
+    )
+    default_model: str = Field(
+        default="mnist", description="Model served when a request names none."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto takes CUDA when onnxruntime-gpu sees a GPU, else CPU."
+    )
+    max_batch_size: int = Field(
+        default=64, ge=1, le=4096, description="Most images in one ONNX call."
+    )
+    max_delay_ms: float = Field(
+        default=2.0, ge=0, le=10_000, description="How long a request waits for batch-mates."
+    )
+    max_queue: int = Field(
+        default=1024, ge=1, description="Most images waiting per model graph before 503."
+    )
+    max_images_per_request: int = Field(
+        default=256, ge=1, description="Most images in one request."
+    )
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024, description="Largest request body.")
+    max_pixels: int = Field(
+        default=16 * 2**20, ge=1, description="Most pixels one request may decode from image files."
+    )
+    max_samples: int = Field(default=64, ge=1, description="Largest n for /sample.")
+    max_k: int = Field(default=128, ge=1, description="Largest k (importance samples) for /elbo.")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per session; 0 = the CPUs this process may use.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, every endpoint but /healthz and /readyz requires it."
+    )
+    reload_interval_s: float = Field(
+        default=10.0, ge=0, description="Seconds between store scans for new versions; 0 disables."
+    )
+    host: str = Field(default="127.0.0.1", description="Address uvicorn binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port uvicorn binds.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not MODEL_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a model name ([a-z0-9][a-z0-9._-]*)")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # VAE_API_KEY= (empty) in a compose file means "no key", not "the empty key".
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Self:
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be at least max_batch_size "
+                f"({self.max_batch_size}), or no batch could ever fill"
+            )
+        return self
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads for one session: the setting, or the CPUs we may run on."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings; cached so the environment is read once."""
+    return Settings()

@@ -1,0 +1,105 @@
+"""Domain errors and the one place where they become HTTP answers.
+
+Modules below the routes raise these with a human `detail`; nothing else in
+the service builds error responses, so every 4xx has the same JSON shape:
+`{"detail": "..."}`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.batcher import BatcherClosed, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error whose `detail` is safe and useful to show the client."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(ServiceError):
+    """Malformed body: invalid JSON, a corrupt image, an unreadable .npy."""
+
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+
+class NotFound(ServiceError):
+    """Unknown model or version."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServiceError):
+    """Too large a body, too many images or pixels, a decompression bomb."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    """A content type we do not read, or a file that is not an image."""
+
+    status_code = 415
+
+
+class Unprocessable(ServiceError):
+    """Well-formed but wrong: size, channels, range, NaN, latent length, limits."""
+
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    """Not ready, shutting down, or overloaded; the client should retry."""
+
+    status_code = 503
+
+
+RETRY_AFTER_S = "1"
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"server busy: {exc}; retry shortly"},
+        503,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _closed(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": "the model version is being unloaded; retry"},
+        503,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error; see the server log"}, 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors to HTTP; anything unexpected is a logged, opaque 500."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(BatcherClosed, _closed)
+    app.add_exception_handler(Exception, _internal)

@@ -1,0 +1,109 @@
+"""Helpers for the service's tests: real MNIST images, request bodies, and an
+independent reference for what the service computes (numpy + onnxruntime,
+straight from docs/manifest.md, sharing no code with app/)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MNIST_TEST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+# A model trained for seconds: enough to have real graphs and a real manifest.
+TINY_MODEL = [
+    "--architecture", "mlp", "--hidden", "32", "--latent-dim", "8", "--epochs", "1",
+    "--max-steps", "30", "--batch-size", "128", "--eval-k", "2", "--eval-limit", "100",
+    "--validation", "500", "--no-report", "--threads", "2",
+]  # fmt: skip
+
+
+def read_mnist(n: int) -> np.ndarray:
+    """The first n MNIST test images, uint8 (n, 28, 28), from the IDX file (big-endian header)."""
+    raw = gzip.decompress(MNIST_TEST_IMAGES.read_bytes())
+    magic, count, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
+    assert magic == 2051 and n <= count, f"{MNIST_TEST_IMAGES} is not an IDX image file"
+    return np.frombuffer(raw, np.uint8, n * rows * cols, offset=16).reshape(n, rows, cols)
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def image_file(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    """uint8 (H, W) or (H, W, C) -> an image file's bytes."""
+    image = Image.fromarray(pixels)
+    if mode is not None:
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def copy_version(src: Path, store: Path, version: int, **manifest_changes: Any) -> Path:
+    """Copy a version folder into `store` as `version`, editing its manifest."""
+    dst = store / src.parent.name / str(version)
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest.update({"version": version, **manifest_changes})
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+class Reference:
+    """The service's maths redone by hand from the two ONNX files and the manifest."""
+
+    def __init__(self, version_dir: Path) -> None:
+        self.manifest = json.loads((version_dir / "manifest.json").read_text())
+        cpu = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(version_dir / "encoder.onnx"), providers=cpu)
+        self.decoder = ort.InferenceSession(str(version_dir / "decoder.onnx"), providers=cpu)
+        self.latent_dim: int = self.manifest["latent_dim"]
+
+    def x(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W) -> float32 (N, 1, H, W) / scale, as the manifest says."""
+        scale = np.float32(self.manifest["preprocessing"]["scale"])
+        return images[:, None].astype(np.float32) / scale
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean, log_var = self.encoder.run(["mean", "log_var"], {"x": x})
+        return mean, log_var
+
+    def elbo(self, x: np.ndarray, k: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per image: the ELBO (k = 1) or IWAE bound, E_q log p(x|z) and the KL."""
+        assert self.manifest["likelihood"] == "bernoulli"
+        results: dict[str, list[float]] = {"elbo": [], "reconstruction": [], "kl": []}
+        for image in x:
+            mean, log_var = (a[0] for a in self.encode(image[None]))
+            eps = np.random.default_rng(seed).standard_normal((k, self.latent_dim), np.float32)
+            z = mean + np.exp(0.5 * log_var) * eps  # (k, L), float32 like the service
+            (logits,) = self.decoder.run(["logits"], {"z": z})
+            l64, x64 = logits.reshape(k, -1).astype(np.float64), image.reshape(1, -1)
+            log_px = (x64 * l64 - np.logaddexp(0.0, l64)).sum(axis=1)  # (k,)
+            m, lv, z64 = mean.astype(np.float64), log_var.astype(np.float64), z.astype(np.float64)
+            kl = 0.5 * float(np.sum(np.exp(lv) + m**2 - 1.0 - lv))
+            if k == 1:
+                bound = float(log_px[0]) - kl
+            else:
+                log_p_z = -0.5 * np.sum(z64**2 + math.log(2 * math.pi), axis=1)
+                log_q_z = -0.5 * np.sum(
+                    (z64 - m) ** 2 / np.exp(lv) + lv + math.log(2 * math.pi), axis=1
+                )
+                log_w = log_px + log_p_z - log_q_z
+                bound = float(np.log(np.mean(np.exp(log_w - log_w.max()))) + log_w.max())
+            results["elbo"].append(bound)
+            results["reconstruction"].append(float(log_px.mean()))
+            results["kl"].append(kl)
+        return {key: np.asarray(values) for key, values in results.items()}

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny model trained once per session, and real MNIST images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_support import MNIST_TEST_IMAGES, TINY_MODEL, read_mnist
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding mnist/1, trained for seconds by the real trainer.
+
+    Tests must not write into it; copy it (see `store_copy`) to change it.
+    """
+    from trainer.train import main as train  # the trainer needs torch: only tests import it
+
+    root = tmp_path_factory.mktemp("trained")
+    store = root / "model_store"
+    argv = ["--data", str(MNIST_TEST_IMAGES.parent), "--out", str(store / "mnist")]
+    argv += ["--checkpoint-dir", str(root / "runs"), *TINY_MODEL]
+    assert train(argv) == 0, "the trainer could not make the test model"
+    return store
+
+
+@pytest.fixture(scope="session")
+def version_dir(model_store: Path) -> Path:
+    return model_store / "mnist" / "1"
+
+
+@pytest.fixture
+def store_copy(model_store: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained store, for tests that add or break versions."""
+    copy = tmp_path / "model_store"
+    shutil.copytree(model_store, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def mnist() -> np.ndarray:
+    """The first 64 MNIST test images, uint8 (64, 28, 28)."""
+    assert MNIST_TEST_IMAGES.is_file(), f"{MNIST_TEST_IMAGES} is missing (../shared/data)"
+    return read_mnist(64)
