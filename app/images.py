@@ -133,6 +133,8 @@ def to_model_input(
     Accepts uint8 0-255 (divided by `scale`) or floats already in [0, 1], as
     (N, H, W) or (N, C, H, W).
     """
+    if array.ndim >= 1 and len(array) == 0:
+        raise Unprocessable("the batch is empty: send at least one image")
     if array.ndim == 3:
         array = array[:, None]  # (N, H, W) -> (N, 1, H, W)
     if array.ndim != 4:
@@ -140,8 +142,6 @@ def to_model_input(
             f"pixels must be N×H×W or N×C×H×W, got {array.ndim} dimensions {list(array.shape)}"
         )
     n, channels, height, width = array.shape
-    if n == 0:
-        raise Unprocessable("the batch is empty: send at least one image")
     if n > max_images:
         raise PayloadTooLarge(f"{n} images in one request; the limit is {max_images}")
     if channels != spec.channels:

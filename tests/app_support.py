@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -60,6 +61,15 @@ def copy_version(src: Path, store: Path, version: int, **manifest_changes: Any) 
     manifest.update({"version": version, **manifest_changes})
     (dst / "manifest.json").write_text(json.dumps(manifest))
     return dst
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus text, 0.0 if absent: metric(text, "x_count", model="m")."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
 
 
 class Reference:

@@ -1,0 +1,88 @@
+"""What the endpoints compute: batched graph calls plus the numpy maths of app.vae.
+
+Inputs arrive validated; each function awaits the version's batchers, so
+concurrent requests share ONNX Runtime calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app import vae
+from app.registry import ModelVersion
+
+# Decode at most this many values (rows × D) per batcher submission, so /elbo
+# with large k holds a bounded slice of logits in memory at a time.
+_DECODE_VALUES = 1 << 22
+
+
+@dataclass(frozen=True)
+class Encoded:
+    mean: np.ndarray  # (N, L)
+    log_var: np.ndarray  # (N, L)
+    z: np.ndarray | None  # (N, L), one reparameterised draw when asked for
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per image, (N,) each; nats unless named otherwise."""
+
+    elbo: np.ndarray  # the ELBO (k = 1) or the importance-weighted bound (k > 1)
+    reconstruction: np.ndarray  # E_q log p(x|z), the mean over the k samples
+    kl: np.ndarray
+    bits_per_dim: np.ndarray
+
+
+def _eps(seed: int | None, n: int, k: int, latent_dim: int) -> np.ndarray:
+    """(N, k, L): with a seed every image gets the same eps (see docs/manifest.md)."""
+    if seed is None:
+        return np.random.default_rng().standard_normal((n, k, latent_dim), dtype=np.float32)
+    return np.broadcast_to(vae.noise(seed, k, latent_dim), (n, k, latent_dim))
+
+
+async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | None) -> Encoded:
+    """x (N, C, H, W) -> q(z|x) parameters, and z if `sample`."""
+    mean, log_var = await mv.encoder.submit(x)
+    z = None
+    if sample:
+        eps = _eps(seed, len(x), 1, mv.manifest.latent_dim)
+        z = vae.reparameterize(mean, log_var, eps)[:, 0]
+    return Encoded(mean, log_var, z)
+
+
+async def decode(mv: ModelVersion, z: np.ndarray) -> np.ndarray:
+    """z (N, L) -> pixel means (N, C, H, W) in [0, 1]."""
+    (logits,) = await mv.decoder.submit(z)
+    return vae.pixel_means(logits, mv.manifest.likelihood)
+
+
+def prior(seed: int | None, n: int, latent_dim: int, temperature: float) -> np.ndarray:
+    """n draws from N(0, temperature² I), (n, L) float32."""
+    z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32)
+    return (z * np.float32(temperature)).astype(np.float32, copy=False)
+
+
+async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> Scores:
+    """Per-image ELBO (k = 1) or importance-weighted bound (k > 1) of x (N, C, H, W)."""
+    manifest = mv.manifest
+    n, latent, size = len(x), manifest.latent_dim, manifest.input.size
+    mean, log_var = await mv.encoder.submit(x)
+    z = vae.reparameterize(mean, log_var, _eps(seed, n, k, latent))  # (N, k, L)
+    flat_x = x.reshape(n, 1, size)  # (N, 1, D), broadcast over the k samples
+    log_px = np.empty((n, k))
+    step = max(1, _DECODE_VALUES // (size * k))  # images per slice
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        (logits,) = await mv.decoder.submit(z[start:stop].reshape(-1, latent))
+        logits = logits.reshape(stop - start, k, size)  # (n', k, D)
+        log_px[start:stop] = vae.log_likelihood(flat_x[start:stop], logits, manifest.likelihood)
+    kl = vae.kl(mean, log_var)
+    bound = log_px[:, 0] - kl if k == 1 else vae.iwae(log_px, z, mean, log_var)
+    return Scores(
+        elbo=bound,
+        reconstruction=log_px.mean(axis=1),
+        kl=kl,
+        bits_per_dim=vae.bits_per_dim(bound, size),
+    )

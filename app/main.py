@@ -1,0 +1,81 @@
+"""The service: `create_app(settings)` builds it, `main()` (the `vae-serve` script) runs it.
+
+Nothing happens at import; models are loaded in the lifespan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from app.auth import ApiKeyMiddleware, document_api_key
+from app.config import Settings, get_settings
+from app.errors import install_error_handlers
+from app.metrics import Metrics, MetricsMiddleware
+from app.registry import Registry
+from app.routes import models, ops, vae
+
+DESCRIPTION = """\
+Serves variational autoencoders exported to ONNX by the vae-serve trainer:
+encode images to q(z|x), decode latents, sample the prior, and score images
+by their ELBO for anomaly detection. Requests are batched dynamically.
+
+Every model-bound endpoint takes `model` (default: the configured default
+model) and `version` (default: the newest)."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A configured app; its lifespan loads the model store and stops the batchers."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+    registry = Registry(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loading runs in the background: /healthz answers at once, /readyz says when.
+        registry.start()
+        try:
+            yield
+        finally:
+            await registry.stop()
+
+    app = FastAPI(title="vae-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    install_error_handlers(app)
+    for router in (vae.router, models.router, ops.router):
+        app.include_router(router)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+        document_api_key(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s too
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the service with uvicorn: one worker, host and port from VAE_HOST/VAE_PORT."""
+    parser = argparse.ArgumentParser(prog="vae-serve", description=main.__doc__)
+    parser.add_argument("--host", help="overrides VAE_HOST")
+    parser.add_argument("--port", type=int, help="overrides VAE_PORT")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One worker: each would load every model and batch alone; scale with replicas instead.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+    )

@@ -1,0 +1,69 @@
+"""What is being served: /models and /models/{name}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Path
+
+from app.config import MODEL_NAME
+from app.deps import RegistryDep, SettingsDep
+from app.errors import NotFound
+from app.registry import ModelVersion
+from app.routes import SummaryRoute
+from app.schemas import ErrorDetail, ModelDetail, ModelsResponse
+
+router = APIRouter(tags=["models"], route_class=SummaryRoute)
+
+
+def _version_info(mv: ModelVersion) -> dict[str, Any]:
+    manifest = mv.manifest
+    return {
+        "version": mv.version,
+        "provider": mv.provider,
+        "loaded_at": mv.loaded_at,
+        "created": manifest.created,
+        "input": manifest.input.model_dump(),
+        "latent_dim": manifest.latent_dim,
+        "likelihood": manifest.likelihood,
+    }
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
+    """The models and versions being served, with the execution provider of each."""
+    models = [
+        {
+            "name": name,
+            "latest_version": max(versions),
+            "versions": [_version_info(mv) for mv in versions.values()],
+        }
+        for name, versions in registry.models().items()
+    ]
+    return {"default_model": settings.default_model, "models": models}
+
+
+@router.get(
+    "/models/{name}",
+    response_model=ModelDetail,
+    responses={404: {"model": ErrorDetail, "description": "No such model is loaded."}},
+)
+async def get_model(
+    registry: RegistryDep,
+    name: str = Path(pattern=f"^{MODEL_NAME.pattern}$", max_length=100, examples=["mnist"]),
+) -> dict[str, Any]:
+    """One model: each version's manifest and provider, and versions refused from the store."""
+    versions = registry.models().get(name)
+    refused = registry.refusals(name)
+    if not versions:
+        why = "".join(f"; version {v} was refused: {reason}" for v, reason in refused.items())
+        raise NotFound(f"no model named {name!r} is loaded{why}")
+    return {
+        "name": name,
+        "latest_version": max(versions),
+        "versions": [
+            {**_version_info(mv), "manifest": mv.manifest.model_dump(mode="json")}
+            for mv in versions.values()
+        ],
+        "refused": [{"version": version, "reason": reason} for version, reason in refused.items()],
+    }

@@ -1,0 +1,237 @@
+"""The model-bound endpoints: /encode, /decode, /sample, /elbo."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app import inference, vae
+from app.deps import ModelDep, SettingsDep
+from app.errors import Unprocessable
+from app.images import encode_png
+from app.inputs import NPY, read_images, read_latents
+from app.registry import ModelVersion
+from app.routes import SummaryRoute
+from app.schemas import (
+    ElboResponse,
+    EncodeResponse,
+    ErrorDetail,
+    NumpyJSON,
+    PixelsResponse,
+    SampleResponse,
+)
+
+router = APIRouter(tags=["vae"], route_class=SummaryRoute)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorDetail, "description": text}
+    for code, text in {
+        400: "Malformed body: invalid JSON or base64, corrupt image, unreadable .npy.",
+        401: "Missing or wrong API key (when VAE_API_KEY is set).",
+        404: "Unknown model or version.",
+        413: "Body too large, too many images or pixels, decompression bomb.",
+        415: "Unsupported content type, or a file that is not an image.",
+        422: "Wrong size, channels, range or latent length; NaN; empty batch; limits.",
+        503: "Queue full or not ready; retry after the Retry-After header.",
+    }.items()
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGES_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "Images as multipart files in the field `images`, as JSON (base64 image files "
+            "or pixel arrays N×H×W / N×C×H×W of floats in [0, 1]), as a .npy body (uint8 "
+            "0-255 or float32 0-1), or as one raw image body."
+        ),
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["images"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string"}},
+                        "pixels": {"type": "array", "items": {}},
+                    },
+                },
+                "examples": {
+                    "files": {"value": {"images": ["iVBORw0KGgoAAAANSUhEUgAA..."]}},
+                    "pixels": {"value": {"pixels": [[[0.0, 0.5], [1.0, 0.0]]]}},
+                },
+            },
+            NPY: _BINARY,
+            "image/png": _BINARY,
+        },
+    }
+}
+_LATENTS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Latents N×L (or one vector of length L) as JSON or a .npy body.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"z": {"type": "array", "items": {}}},
+                    "required": ["z"],
+                },
+                "example": {"z": [[0.1, -0.4, 1.2]]},
+            },
+            NPY: _BINARY,
+        },
+    }
+}
+
+
+def _png_or_json(model: type[PixelsResponse]) -> dict[int | str, dict[str, Any]]:
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        200: {
+            "description": "A PNG (one image, or a grid for several), or JSON with format=json.",
+            "content": {"image/png": {}, "application/json": {"schema": schema}},
+        },
+        **_ERRORS,
+    }
+
+
+Resize = Annotated[
+    bool, Query(description="Resize images of another size instead of refusing them (422).")
+]
+Format = Annotated[
+    Literal["png", "json"], Query(description="png (default) or json (pixel means N×C×H×W).")
+]
+Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Seed for the noise.")]
+
+
+def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Response:
+    """Pixel means (N, C, H, W) as a PNG (grid for N > 1) or JSON."""
+    if fmt == "json":
+        return NumpyJSON({"model": mv.name, "version": mv.version, **extra, "pixels": pixels})
+    headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+    if "seed" in extra:
+        headers["X-Seed"] = str(extra["seed"])
+    return Response(encode_png(pixels), media_type="image/png", headers=headers)
+
+
+@router.post(
+    "/encode", response_model=EncodeResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY
+)
+async def encode(
+    request: Request,
+    mv: ModelDep,
+    settings: SettingsDep,
+    sample: Annotated[bool, Query(description="Also draw z = mean + std·eps per image.")] = False,
+    seed: Seed = None,
+    resize: Resize = False,
+) -> Response:
+    """Encode images to q(z|x): mean and log_var per image, and z with sample=true."""
+    x = await read_images(request, mv.manifest, settings, resize=resize)
+    encoded = await inference.encode(mv, x, sample=sample, seed=seed)
+    results: list[dict[str, np.ndarray]] = [
+        {"mean": mean, "log_var": log_var}
+        for mean, log_var in zip(encoded.mean, encoded.log_var, strict=True)
+    ]
+    if encoded.z is not None:
+        for result, z in zip(results, encoded.z, strict=True):
+            result["z"] = z
+    return NumpyJSON({"model": mv.name, "version": mv.version, "results": results})
+
+
+@router.post(
+    "/decode",
+    response_model=PixelsResponse,
+    responses=_png_or_json(PixelsResponse),
+    openapi_extra=_LATENTS_BODY,
+)
+async def decode(
+    request: Request, mv: ModelDep, settings: SettingsDep, format: Format = "png"
+) -> Response:
+    """Decode latents to pixel means: a PNG (a grid for several) or JSON."""
+    z = await read_latents(request, mv.manifest.latent_dim, settings)
+    pixels = await inference.decode(mv, z)
+    return _pixels(mv, pixels, format)
+
+
+@router.get("/sample", response_model=SampleResponse, responses=_png_or_json(SampleResponse))
+async def sample(
+    mv: ModelDep,
+    settings: SettingsDep,
+    n: Annotated[int, Query(ge=1, description="How many images (at most VAE_MAX_SAMPLES).")] = 1,
+    seed: Seed = None,
+    temperature: Annotated[
+        float, Query(ge=0, le=10, description="Scale of the prior's standard deviation.")
+    ] = 1.0,
+    format: Format = "png",
+) -> Response:
+    """Draw n images from the prior: decode z ~ N(0, temperature² I)."""
+    if n > settings.max_samples:
+        raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
+    seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
+    z = inference.prior(seed, n, mv.manifest.latent_dim, temperature)
+    pixels = await inference.decode(mv, z)
+    return _pixels(mv, pixels, format, seed=seed, temperature=temperature, z=z)
+
+
+@router.post("/elbo", response_model=ElboResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY)
+async def elbo(
+    request: Request,
+    mv: ModelDep,
+    settings: SettingsDep,
+    k: Annotated[
+        int, Query(ge=1, description="Importance samples; k > 1 gives the IWAE bound.")
+    ] = 1,
+    seed: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Noise seed; fixed so scores repeat.")
+    ] = 0,
+    fpr: Annotated[
+        float, Query(ge=0, le=1, description="False-positive rate the threshold is set for.")
+    ] = 0.01,
+    score: Annotated[Literal["elbo"], Query(description="The statistic scored.")] = "elbo",
+    resize: Resize = False,
+) -> Response:
+    """Score images: ELBO, reconstruction, KL, bits/dim and an anomaly flag per image."""
+    if k > settings.max_k:
+        raise Unprocessable(f"k={k} is above the limit of {settings.max_k}")
+    x = await read_images(request, mv.manifest, settings, resize=resize)
+    scores = await inference.elbo(mv, x, k=k, seed=seed)
+    calibration = mv.manifest.calibration
+    threshold = None if calibration is None else vae.threshold(calibration, fpr)
+    percentiles = None if calibration is None else vae.percentile(calibration, scores.elbo)
+    results = []
+    for i, bound in enumerate(scores.elbo.tolist()):
+        results.append(
+            {
+                "elbo": bound,
+                "reconstruction": float(scores.reconstruction[i]),
+                "kl": float(scores.kl[i]),
+                "bits_per_dim": float(scores.bits_per_dim[i]),
+                "anomaly_score": -bound,
+                "percentile": None if percentiles is None else float(percentiles[i]),
+                "is_anomaly": None if threshold is None else bound < threshold,
+            }
+        )
+    return NumpyJSON(
+        {
+            "model": mv.name,
+            "version": mv.version,
+            "k": k,
+            "seed": seed,
+            "score": score,
+            "fpr": fpr,
+            "threshold": threshold,
+            "results": results,
+        }
+    )

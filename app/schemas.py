@@ -1,0 +1,194 @@
+"""Response shapes, for OpenAPI. Hot routes build these as plain dicts and
+serialise them with orjson (`NumpyJSON`); the models here document them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+
+class NumpyJSON(Response):
+    """JSON via orjson, which writes numpy arrays directly (float32 round-trips exactly)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+class ErrorDetail(BaseModel):
+    model_config = _examples({"detail": "image 0 is 32×32 pixels, the model expects 28×28"})
+    detail: str
+
+
+class Latent(BaseModel):
+    mean: list[float] = Field(description="Mean of q(z|x), length L.")
+    log_var: list[float] = Field(description="Log variance of q(z|x), length L.")
+    z: list[float] | None = Field(None, description="One draw mean + exp(log_var/2)·eps.")
+
+
+class EncodeResponse(BaseModel):
+    model_config = _examples(
+        {
+            "model": "mnist",
+            "version": 1,
+            "results": [{"mean": [0.12, -1.3], "log_var": [-4.1, -3.9], "z": [0.1, -1.28]}],
+        }
+    )
+    model: str
+    version: int
+    results: list[Latent] = Field(description="One per image, in request order.")
+
+
+class PixelsResponse(BaseModel):
+    model_config = _examples({"model": "mnist", "version": 1, "pixels": [[[[0.0, 0.02]]]]})
+    model: str
+    version: int
+    pixels: list[list[list[list[float]]]] = Field(description="Pixel means in [0, 1], N×C×H×W.")
+
+
+class SampleResponse(PixelsResponse):
+    model_config = _examples(
+        {
+            "model": "mnist",
+            "version": 1,
+            "seed": 7,
+            "temperature": 1.0,
+            "z": [[0.3, -0.2]],
+            "pixels": [[[[0.0, 0.02]]]],
+        }
+    )
+    seed: int = Field(description="The seed used; send it back to get the same images.")
+    temperature: float
+    z: list[list[float]] = Field(description="The prior draws decoded, N×L.")
+
+
+class ElboResult(BaseModel):
+    elbo: float = Field(description="ELBO (k = 1) or importance-weighted bound (k > 1), nats.")
+    reconstruction: float = Field(description="E_q log p(x|z), mean over the k samples, nats.")
+    kl: float = Field(description="KL(q(z|x) || p(z)), closed form, nats.")
+    bits_per_dim: float = Field(description="-elbo / (D ln 2).")
+    anomaly_score: float = Field(description="Higher is more anomalous: -elbo.")
+    percentile: float | None = Field(
+        description="Where elbo sits among held-out normal images, 0-100; null without calibration."
+    )
+    is_anomaly: bool | None = Field(description="elbo < threshold; null without calibration.")
+
+
+class ElboResponse(BaseModel):
+    model_config = _examples(
+        {
+            "model": "mnist",
+            "version": 1,
+            "k": 1,
+            "seed": 0,
+            "score": "elbo",
+            "fpr": 0.01,
+            "threshold": -160.2,
+            "results": [
+                {
+                    "elbo": -92.4,
+                    "reconstruction": -67.1,
+                    "kl": 25.3,
+                    "bits_per_dim": 0.17,
+                    "anomaly_score": 92.4,
+                    "percentile": 48.7,
+                    "is_anomaly": False,
+                }
+            ],
+        }
+    )
+    model: str
+    version: int
+    k: int
+    seed: int
+    score: str
+    fpr: float
+    threshold: float | None = Field(
+        description="ELBO quantile of held-out normal images at level fpr; null without one."
+    )
+    results: list[ElboResult] = Field(description="One per image, in request order.")
+
+
+class VersionInfo(BaseModel):
+    version: int
+    provider: str = Field(description="The ONNX Runtime execution provider running it.")
+    loaded_at: datetime
+    created: datetime
+    input: dict[str, int]
+    latent_dim: int
+    likelihood: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    latest_version: int
+    versions: list[VersionInfo]
+
+
+class ModelsResponse(BaseModel):
+    model_config = _examples(
+        {
+            "default_model": "mnist",
+            "models": [
+                {
+                    "name": "mnist",
+                    "latest_version": 1,
+                    "versions": [
+                        {
+                            "version": 1,
+                            "provider": "CPUExecutionProvider",
+                            "loaded_at": "2026-11-24T10:00:00Z",
+                            "created": "2026-11-24T09:00:00Z",
+                            "input": {"channels": 1, "height": 28, "width": 28},
+                            "latent_dim": 50,
+                            "likelihood": "bernoulli",
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    default_model: str
+    models: list[ModelInfo]
+
+
+class VersionDetail(VersionInfo):
+    manifest: dict[str, Any] = Field(description="manifest.json as loaded.")
+
+
+class Refused(BaseModel):
+    version: int
+    reason: str
+
+
+class ModelDetail(BaseModel):
+    name: str
+    latest_version: int
+    versions: list[VersionDetail]
+    refused: list[Refused] = Field(description="Versions in the store that failed to load.")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    model_config = _examples({"ready": True, "detail": None})
+    ready: bool
+    detail: str | None = Field(None, description="Why the service is not ready.")
+
+
+class ReloadResponse(BaseModel):
+    model_config = _examples({"loaded": ["mnist/2"], "refused": {}, "retired": []})
+    loaded: list[str]
+    refused: dict[str, str]
+    retired: list[str]

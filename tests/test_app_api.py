@@ -1,0 +1,428 @@
+"""The HTTP API through TestClient, against a small model exported by the real trainer.
+
+Results are checked against an independent reference (numpy + onnxruntime on
+the same ONNX files, tests/app_support.py), not against app/ itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from anyio.from_thread import BlockingPortal
+from app_support import Reference, copy_version, image_file, metric, npy
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.batcher import Batcher
+from app.config import Settings
+from app.main import create_app
+
+NPY = {"content-type": "application/x-npy"}
+LIMITS = {
+    "max_images_per_request": 16,
+    "max_body_bytes": 1 << 20,
+    "max_pixels": 50_000,
+    "max_samples": 8,
+    "max_k": 16,
+}
+
+
+def settings_for(store: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {"device": "cpu", "reload_interval_s": 0, "intra_op_threads": 1}
+    return Settings(model_store=store, **(base | LIMITS | overrides))
+
+
+def portal(client: TestClient) -> BlockingPortal:
+    """The event loop the app runs on, while the client is open."""
+    assert client.portal is not None
+    return client.portal
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        portal(client).call(app.state.registry.loaded_once.wait)  # the background load
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(model_store: Path) -> Iterator[TestClient]:
+    with serving(settings_for(model_store)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ref(version_dir: Path) -> Reference:
+    return Reference(version_dir)
+
+
+def results(response: Any) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    payload: list[dict[str, Any]] = response.json()["results"]
+    return payload
+
+
+def as_arrays(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.asarray([row[key] for row in rows], dtype=np.float32)
+
+
+# -- /encode -------------------------------------------------------------------------------
+
+
+def encode_bodies(images: np.ndarray) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """The same images in every accepted request format, with the x each one means."""
+    x = images[:, None].astype(np.float32) / np.float32(255)  # uint8 / scale, the manifest's x
+    floats = images.astype(np.float32) / 255  # what a client sends as floats in [0, 1]
+    json_floats = images.astype(np.float64) / 255
+    pngs = [image_file(image) for image in images]
+    files = [("images", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+    return {
+        "npy uint8": ({"content": npy(images), "headers": NPY}, x),
+        "npy float": ({"content": npy(floats), "headers": NPY}, floats[:, None]),
+        "json pixels": (
+            {"json": {"pixels": json_floats.tolist()}},
+            json_floats[:, None].astype(np.float32),
+        ),
+        "json base64": ({"json": {"images": [base64.b64encode(p).decode() for p in pngs]}}, x),
+        "multipart": ({"files": files}, x),
+    }
+
+
+@pytest.mark.parametrize("body", list(encode_bodies(np.zeros((1, 1, 1), np.uint8))))
+def test_encode_equals_the_encoder_graph_in_every_format(
+    client: TestClient, ref: Reference, mnist: np.ndarray, body: str
+) -> None:
+    request, x = encode_bodies(mnist[:4])[body]
+    response = client.post("/encode", **request)
+    rows = results(response)
+    assert response.json()["model"] == "mnist" and response.json()["version"] == 1
+    mean, log_var = ref.encode(x)
+    np.testing.assert_array_equal(as_arrays(rows, "mean"), mean)
+    np.testing.assert_array_equal(as_arrays(rows, "log_var"), log_var)
+    assert all("z" not in row for row in rows)
+
+
+def test_encode_accepts_one_raw_image_body(
+    client: TestClient, ref: Reference, mnist: np.ndarray
+) -> None:
+    response = client.post(
+        "/encode", content=image_file(mnist[0]), headers={"content-type": "image/png"}
+    )
+    np.testing.assert_array_equal(
+        as_arrays(results(response), "mean"), ref.encode(ref.x(mnist[:1]))[0]
+    )
+
+
+def test_encode_sample_draws_a_reproducible_z(
+    client: TestClient, ref: Reference, mnist: np.ndarray
+) -> None:
+    body = {"content": npy(mnist[:3]), "headers": NPY}
+    rows = results(client.post("/encode?sample=true&seed=3", **body))
+    mean, log_var = ref.encode(ref.x(mnist[:3]))
+    eps = np.random.default_rng(3).standard_normal((1, ref.latent_dim), np.float32)
+    np.testing.assert_array_equal(as_arrays(rows, "z"), mean + np.exp(0.5 * log_var) * eps)
+    again = results(client.post("/encode?sample=true&seed=3", **body))
+    assert again == rows
+    unseeded = [results(client.post("/encode?sample=true", **body))[0]["z"] for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
+
+
+def test_resize_true_accepts_other_sizes(client: TestClient, mnist: np.ndarray) -> None:
+    big = np.asarray(Image.fromarray(mnist[0]).resize((56, 56)))
+    files = {"files": [("images", ("big.png", image_file(big), "image/png"))]}
+    assert client.post("/encode", **files).status_code == 422
+    assert len(results(client.post("/encode?resize=true", **files))) == 1
+
+
+# -- /elbo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k", "seed"), [(1, 0), (1, 5), (8, 0)])
+def test_elbo_equals_an_independent_computation_from_the_onnx_files(
+    client: TestClient, ref: Reference, mnist: np.ndarray, k: int, seed: int
+) -> None:
+    images = mnist[:6]
+    response = client.post(f"/elbo?k={k}&seed={seed}", content=npy(images), headers=NPY)
+    rows = results(response)
+    want = ref.elbo(ref.x(images), k=k, seed=seed)
+    for key in ("elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose([row[key] for row in rows], want[key], rtol=1e-9, err_msg=key)
+    d = 28 * 28
+    for row in rows:
+        assert row["anomaly_score"] == -row["elbo"]
+        assert row["bits_per_dim"] == pytest.approx(-row["elbo"] / (d * np.log(2)))
+        assert 0 <= row["percentile"] <= 100
+    top = response.json()
+    assert (top["k"], top["seed"], top["score"], top["fpr"]) == (k, seed, "elbo", 0.01)
+
+
+def test_elbo_threshold_comes_from_the_manifest_calibration(
+    client: TestClient, ref: Reference, mnist: np.ndarray
+) -> None:
+    calibration = ref.manifest["calibration"]
+    noise = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    images = np.concatenate([mnist[:2], noise])
+    for fpr in (0.01, 0.2):
+        response = client.post(f"/elbo?fpr={fpr}", content=npy(images), headers=NPY)
+        threshold = response.json()["threshold"]
+        assert threshold == pytest.approx(
+            np.interp(fpr, calibration["levels"], calibration["elbo_quantiles"])
+        )
+        rows = results(response)
+        assert [row["is_anomaly"] for row in rows] == [row["elbo"] < threshold for row in rows]
+        assert rows[2]["is_anomaly"] and rows[3]["is_anomaly"]  # noise is not a digit
+        assert rows[2]["percentile"] == 0.0
+
+
+def test_an_images_score_does_not_depend_on_its_batch_mates_or_on_repetition(
+    client: TestClient, mnist: np.ndarray
+) -> None:
+    alone = results(client.post("/elbo", content=npy(mnist[5:6]), headers=NPY))[0]
+    together = results(client.post("/elbo", content=npy(mnist[:8]), headers=NPY))[5]
+    again = results(client.post("/elbo", content=npy(mnist[5:6]), headers=NPY))[0]
+    assert alone == together == again
+
+
+# -- /decode and /sample -------------------------------------------------------------------
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    result: np.ndarray = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return result
+
+
+def test_decode_json_gives_the_pixel_means_of_the_decoder(
+    client: TestClient, ref: Reference
+) -> None:
+    z = np.random.default_rng(1).standard_normal((3, ref.latent_dim)).astype(np.float32)
+    for body in ({"json": {"z": z.tolist()}}, {"content": npy(z), "headers": NPY}):
+        response = client.post("/decode?format=json", **body)
+        assert response.status_code == 200, response.text
+        (logits,) = ref.decoder.run(["logits"], {"z": z})
+        pixels = np.asarray(response.json()["pixels"])
+        assert pixels.shape == (3, 1, 28, 28)
+        np.testing.assert_allclose(pixels, sigmoid(logits), atol=1e-6)
+
+
+def test_decode_gives_a_png_of_one_image_or_a_grid(client: TestClient, ref: Reference) -> None:
+    one = client.post("/decode", json={"z": [0.0] * ref.latent_dim})
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(one.content)).size == (28, 28)
+    four = client.post("/decode", json={"z": [[0.0] * ref.latent_dim] * 4})
+    assert Image.open(io.BytesIO(four.content)).size == (2 * 28 + 3 * 2,) * 2
+
+
+def test_sample_decodes_seeded_prior_draws(client: TestClient, ref: Reference) -> None:
+    response = client.get("/sample?n=3&seed=5&temperature=0.5&format=json")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    z = np.random.default_rng(5).standard_normal((3, ref.latent_dim), np.float32) * np.float32(0.5)
+    np.testing.assert_array_equal(np.asarray(body["z"], np.float32), z)
+    (logits,) = ref.decoder.run(["logits"], {"z": z})
+    np.testing.assert_allclose(np.asarray(body["pixels"]), sigmoid(logits), atol=1e-6)
+    assert (body["seed"], body["temperature"]) == (5, 0.5)
+
+
+def test_sample_png_reports_its_seed_so_it_can_be_repeated(client: TestClient) -> None:
+    first = client.get("/sample?n=4")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    seed = first.headers["x-seed"]
+    again = client.get(f"/sample?n=4&seed={seed}")
+    assert again.content == first.content and again.headers["x-seed"] == seed
+
+
+# -- models, health, metrics, docs ---------------------------------------------------------
+
+
+def test_models_list_versions_and_the_provider(client: TestClient, ref: Reference) -> None:
+    listing = client.get("/models").json()
+    assert listing["default_model"] == "mnist"
+    (model,) = listing["models"]
+    assert model["name"] == "mnist" and model["latest_version"] == 1
+    assert model["versions"][0]["provider"] == "CPUExecutionProvider"
+    detail = client.get("/models/mnist").json()
+    manifest = detail["versions"][0]["manifest"]
+    assert manifest["graphs"] == ref.manifest["graphs"]
+    assert manifest["calibration"] == ref.manifest["calibration"]
+    assert detail["refused"] == []
+    missing = client.get("/models/fashion")
+    assert missing.status_code == 404 and "fashion" in missing.json()["detail"]
+
+
+def test_health_checks(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"ready": True, "detail": None}
+
+
+def test_not_ready_is_503_with_the_reason(tmp_path: Path) -> None:
+    with serving(settings_for(tmp_path / "empty")) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert "default model 'mnist' is not loaded" in response.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        assert (
+            client.post(
+                "/encode", content=npy(np.zeros((1, 28, 28), np.uint8)), headers=NPY
+            ).status_code
+            == 404
+        )
+
+
+def test_metrics_count_requests_by_endpoint_and_status(
+    client: TestClient, mnist: np.ndarray
+) -> None:
+    client.post("/encode", content=npy(mnist[:2]), headers=NPY)
+    client.post("/encode", content=b"nope", headers={"content-type": "text/plain"})
+    text = client.get("/metrics").text
+    assert metric(text, "vae_http_requests_total", endpoint="/encode", status="200") >= 1
+    assert metric(text, "vae_http_errors_total", endpoint="/encode", status="415") >= 1
+    assert metric(text, "vae_batch_size_count", model="mnist", graph="encoder") >= 1
+    assert metric(text, "vae_batch_queue_wait_seconds_count", model="mnist", graph="encoder") >= 1
+    assert metric(text, "vae_http_request_duration_seconds_count", endpoint="/encode") >= 1
+    assert metric(text, "vae_model_versions_loaded") == 1
+
+
+def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/encode", "/decode", "/sample", "/elbo", "/models", "/models/{name}",
+                 "/healthz", "/readyz", "/metrics", "/admin/reload"):  # fmt: skip
+        assert path in paths, path
+    encode = paths["/encode"]["post"]
+    assert encode["summary"].startswith("Encode images")
+    assert {"multipart/form-data", "application/json", "application/x-npy"} <= set(
+        encode["requestBody"]["content"]
+    )
+    assert {p["name"] for p in encode["parameters"]} >= {"model", "version", "sample", "seed"}
+    assert "examples" in spec["components"]["schemas"]["ElboResponse"]
+    assert "image/png" in paths["/sample"]["get"]["responses"]["200"]["content"]
+
+
+# -- bad input: a clear 4xx with a detail, never a 500 -------------------------------------
+
+
+def files(*payloads: bytes) -> dict[str, Any]:
+    return {"files": [("images", (f"{i}.png", p, "image/png")) for i, p in enumerate(payloads)]}
+
+
+def raw(body: bytes, content_type: str = NPY["content-type"]) -> dict[str, Any]:
+    return {"content": body, "headers": {"content-type": content_type}}
+
+
+def pickled() -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    return out.getvalue()
+
+
+ZEROS = np.zeros((1, 28, 28), np.uint8)
+NOISE_PNG = image_file(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+PNG_32 = image_file(np.zeros((32, 32), np.uint8))
+BIG_PNG = image_file(np.zeros((300, 300), np.uint8))
+BAD_REQUESTS = [  # (method, url, request, status, a phrase of the detail)
+    ("post", "/encode", files(b"hello"), 415, "not an image"),
+    ("post", "/encode", files(NOISE_PNG[: len(NOISE_PNG) // 2]), 400, "corrupt or truncated"),
+    ("post", "/elbo", raw(b"x", "text/csv"), 415, "'text/csv' is not supported"),
+    ("post", "/encode", raw(b"{", "application/json"), 400, "not valid JSON"),
+    ("post", "/encode", {"json": {"imgs": []}}, 422, "exactly one of"),
+    ("post", "/encode", {"json": {"images": ["%%%"]}}, 400, "not valid base64"),
+    ("post", "/encode", {"json": {"pixels": [[0.1], [0.1, 0.2]]}}, 422, "rectangular"),
+    ("post", "/encode", files(PNG_32), 422, "32×32 pixels, the model expects 28×28"),
+    ("post", "/elbo", raw(npy(np.zeros((1, 3, 28, 28), np.uint8))), 422, "3 channels, the model"),
+    ("post", "/elbo", raw(npy(np.full((1, 28, 28), np.nan, np.float32))), 422, "NaN"),
+    ("post", "/encode", {"json": {"pixels": [[[2.0] * 28] * 28]}}, 422, "must lie in [0, 1]"),
+    ("post", "/encode", raw(npy(np.zeros(1))[:20]), 400, ".npy"),
+    ("post", "/encode", raw(pickled()), 400, "allow_pickle"),
+    ("post", "/encode", {"json": {"pixels": []}}, 422, "empty"),
+    ("post", "/encode", {"json": {"images": []}}, 422, "empty"),
+    ("post", "/decode", {"json": {"z": []}}, 422, "empty"),
+    ("post", "/decode", {"json": {"z": [[0.0] * 3]}}, 422, "length 3, the model expects 8"),
+    ("post", "/decode", raw(npy(np.full((1, 8), np.inf, np.float32))), 422, "infinity"),
+    ("post", "/decode", raw(b"z", "text/plain"), 415, "'text/plain' is not supported"),
+    ("post", "/encode", raw(npy(np.zeros((17, 28, 28), np.uint8))), 413, "17 images"),
+    ("post", "/encode", raw(b"0" * ((1 << 20) + 1)), 413, "the limit is 1048576"),
+    ("post", "/encode?resize=true", files(BIG_PNG), 413, "300×300"),
+    ("get", "/sample?n=9", {}, 422, "n=9 is above the limit of 8"),
+    ("post", "/elbo?k=17", raw(npy(ZEROS)), 422, "k=17 is above the limit of 16"),
+    ("get", "/sample?model=fashion", {}, 404, "no model named 'fashion'"),
+    ("get", "/sample?version=7", {}, 404, "no version 7"),
+    ("get", "/sample?seed=-1", {}, 422, "greater than or equal to 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "url", "request_", "status", "detail"), BAD_REQUESTS)
+def test_bad_input_is_a_clear_4xx(
+    client: TestClient, method: str, url: str, request_: dict[str, Any], status: int, detail: str
+) -> None:
+    response = getattr(client, method)(url, **request_)
+    assert response.status_code == status, response.text
+    assert detail in json.dumps(response.json()["detail"], ensure_ascii=False)
+    assert client.get("/healthz").status_code == 200  # still up
+
+
+def test_a_full_queue_is_503_with_retry_after(model_store: Path, mnist: np.ndarray) -> None:
+    with serving(settings_for(model_store, max_batch_size=1, max_queue=1)) as client:
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        mv = registry.resolve(None, None)
+        held, running = threading.Event(), threading.Event()
+
+        def blocked(x: np.ndarray) -> list[np.ndarray]:
+            running.set()
+            held.wait(30)
+            return [x[:, 0, 0, :8], x[:, 0, 0, :8]]
+
+        original = mv.encoder
+        mv.encoder = Batcher(blocked, max_batch_size=1, max_delay_s=0, max_queue=1)
+        portal(client).call(mv.encoder.start)
+        x = np.zeros((1, 1, 28, 28), np.float32)
+        in_call = portal(client).start_task_soon(mv.encoder.submit, x)
+        assert running.wait(30)
+        queued = portal(client).start_task_soon(mv.encoder.submit, x)
+        assert portal(client).call(lambda: mv.encoder.queued_rows) == 1  # x waits behind x
+        response = client.post("/encode", content=npy(mnist[:1]), headers=NPY)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "busy" in response.json()["detail"]
+        held.set()
+        in_call.result(30)
+        queued.result(30)
+        portal(client).call(original.stop)
+
+
+def test_admin_reload_serves_a_new_version_beside_the_old(
+    store_copy: Path, mnist: np.ndarray
+) -> None:
+    with serving(settings_for(store_copy)) as client:
+        copy_version(store_copy / "mnist" / "1", store_copy, 2)
+        report = client.post("/admin/reload").json()
+        assert report == {"loaded": ["mnist/2"], "refused": {}, "retired": []}
+        body = {"content": npy(mnist[:1]), "headers": NPY}
+        assert client.post("/encode", **body).json()["version"] == 2
+        assert client.post("/encode?version=1", **body).json()["version"] == 1
+        assert [v["version"] for v in client.get("/models/mnist").json()["versions"]] == [1, 2]
+
+
+def test_an_api_key_guards_everything_but_the_health_checks(model_store: Path) -> None:
+    with serving(settings_for(model_store, api_key="s3cret")) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        for path in ("/models", "/metrics", "/docs", "/openapi.json", "/sample"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert "API key" in response.json()["detail"]
+        assert client.get("/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        spec = client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()
+        assert "apiKey" in spec["components"]["securitySchemes"]
+        assert spec["paths"]["/healthz"]["get"]["security"] == []
