@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trainer.likelihood import Likelihood
+
 
 @dataclass
 class TrainConfig:
@@ -15,7 +17,7 @@ class TrainConfig:
     architecture: str = "mlp"  # mlp | conv
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     latent_dim: int = 50
-    likelihood: str = "bernoulli"  # bernoulli | continuous_bernoulli
+    likelihood: Likelihood = "bernoulli"
     binarize: bool = True  # dynamic binarisation (Bernoulli only): the MNIST LL protocol
     channels: int = 1  # for image folders: 1 grayscale, 3 RGB
     image_size: list[int] | None = None  # [H, W] for image folders

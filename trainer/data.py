@@ -68,9 +68,10 @@ def _to_nchw(array: NDArray[np.generic], where: str) -> Array:
         return np.ascontiguousarray(array)
     if not np.issubdtype(array.dtype, np.floating):
         raise DataError(f"{where}: expected uint8 or float pixels, got {array.dtype}")
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+    floats = array.astype(np.float64)
+    if not np.isfinite(floats).all() or floats.min() < 0 or floats.max() > 1:
         raise DataError(f"{where}: float pixels must be finite and in [0, 1]")
-    return np.ascontiguousarray(np.round(array * 255).astype(np.uint8))
+    return np.ascontiguousarray(np.round(floats * 255).astype(np.uint8))
 
 
 def _read_array(path: Path) -> Array:
@@ -94,11 +95,11 @@ def _read_folder(folder: Path, channels: int, size: tuple[int, int] | None) -> A
     images = []
     for p in files:
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                images.append(np.asarray(im, np.uint8))
+            with Image.open(p) as opened:
+                image = opened.convert(mode)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            images.append(np.asarray(image, np.uint8))
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{p}: not a readable image ({e})") from e
     shapes = {a.shape for a in images}
@@ -140,9 +141,7 @@ def load(source: str | Path, channels: int = 1, size: tuple[int, int] | None = N
     raise DataError(f"{path}: expected an IDX folder or file, an image folder, or .npy/.npz")
 
 
-def split(
-    images: Array, fraction_or_count: float, seed: int
-) -> tuple[Array, Array]:
+def split(images: Array, fraction_or_count: float, seed: int) -> tuple[Array, Array]:
     """Hold out a seeded random subset: (rest, held_out)."""
     n = len(images)
     held = int(fraction_or_count if fraction_or_count >= 1 else round(n * fraction_or_count))
@@ -152,8 +151,9 @@ def split(
     return images[order[held:]], images[order[:held]]
 
 
-def splits(dataset: Dataset, validation: float, test_fraction: float, seed: int
-           ) -> tuple[Array, Array, Array]:
+def splits(
+    dataset: Dataset, validation: float, test_fraction: float, seed: int
+) -> tuple[Array, Array, Array]:
     """(train, validation, test): the source's own test split when it has one,
     else a seeded held-out fraction; validation is always held out from train."""
     rest, test = (

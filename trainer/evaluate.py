@@ -75,15 +75,20 @@ def evaluate(
     batch_size: int = 100,
     rows_per_call: int = 20000,
     progress: bool = True,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Mean test ELBO (one sample) and importance-sampled log-likelihood (k samples)."""
     g = torch.Generator().manual_seed(seed)
     dims = x[0].numel()
     elbos, lls = [], []
     chunk = max(1, rows_per_call // batch_size)  # samples per decoder call
     batches = range(0, len(x), batch_size)
-    for start in tqdm(batches, desc=f"eval k={k}", disable=not progress, file=sys.stderr,
-                      mininterval=0.1 if sys.stderr.isatty() else 10.0):
+    for start in tqdm(
+        batches,
+        desc=f"eval k={k}",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    ):
         xb = x[start : start + batch_size]
         mean, log_var = encode(xb)
         divergence = kl(mean, log_var)
@@ -141,7 +146,7 @@ def calibrate(elbo: torch.Tensor, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vae-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("version_dir", type=Path, help="a model store version, e.g. model_store/mnist/1")
+    parser.add_argument("version_dir", type=Path, help="a store version: model_store/mnist/1")
     parser.add_argument("--data", required=True, help="the dataset the model was trained on")
     parser.add_argument("--k", type=int, default=5000, help="importance samples (default 5000)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
@@ -168,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     graphs = Graphs(args.version_dir, args.threads)
     binarize = manifest["likelihood"] == "bernoulli" and config["binarize"]
     x = prepare(test, binarize, seed)
-    result = evaluate(graphs.encode, graphs.decode, manifest["likelihood"], x, args.k, seed,
-                      args.batch_size)
+    result = evaluate(
+        graphs.encode, graphs.decode, manifest["likelihood"], x, args.k, seed, args.batch_size
+    )
     result["binarization"] = "dynamic" if binarize else "none"
     print(json.dumps({"measured": result, "manifest": recorded}, indent=2))
     return 0

@@ -24,8 +24,13 @@ class ExportError(Exception):
     """The exported graphs disagree with torch or do not have the contract's I/O."""
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
-            output_names: list[str]) -> None:
+def _export(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_names: list[str],
+) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # Without torchvision the exporter logs a warning per vision op it skips.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

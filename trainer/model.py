@@ -3,6 +3,7 @@ the logits of p(x|z). Two architectures share one interface: MLP and conv."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ class Shape:
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ELU())
@@ -54,7 +55,7 @@ class Decoder(nn.Module):
         self.shape = shape
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.body(z)
+        out: torch.Tensor = self.body(z)
         s = self.shape
         if out.dim() == 2:
             return out.reshape(-1, s.channels, s.height, s.width)

@@ -32,8 +32,12 @@ def write(
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # Originals on odd rows, their reconstructions right below.
-    pairs = np.concatenate([np.stack([originals[i : i + 8], reconstructions[i : i + 8]])
-                            for i in range(0, len(originals), 8)]).reshape(-1, *originals.shape[1:])
+    pairs = np.concatenate(
+        [
+            np.stack([originals[i : i + 8], reconstructions[i : i + 8]])
+            for i in range(0, len(originals), 8)
+        ]
+    ).reshape(-1, *originals.shape[1:])
     _save(grid(pairs), folder / "reconstructions.png")
     _save(grid(samples), folder / "samples.png")
     _curves(folder / "curves.png", history)

@@ -1,6 +1,6 @@
 """Train a VAE, evaluate it, and publish it as a new version in the model store.
 
-    vae-train --data ../shared/data/mnist --out model_store/mnist
+vae-train --data ../shared/data/mnist --out model_store/mnist
 """
 
 from __future__ import annotations
@@ -29,21 +29,24 @@ from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
 
 
-
-
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = TrainConfig(data="", out="")
     p = argparse.ArgumentParser(prog="vae-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="IDX folder/file, image folder, or .npy/.npz")
-    p.add_argument("--out", required=True, help="the model's folder in the store, e.g. model_store/mnist")
+    p.add_argument("--out", required=True, help="the model's store folder: model_store/mnist")
     p.add_argument("--version", type=int, default=None, help="default: the next free integer")
     p.add_argument("--architecture", choices=["mlp", "conv"], default=d.architecture)
-    p.add_argument("--hidden", type=int, nargs="+", default=d.hidden,
-                   help="mlp: layer widths; conv: C1 C2 FC")
+    p.add_argument(
+        "--hidden", type=int, nargs="+", default=d.hidden, help="mlp: layer widths; conv: C1 C2 FC"
+    )
     p.add_argument("--latent-dim", type=int, default=d.latent_dim)
     p.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
-    p.add_argument("--no-binarize", dest="binarize", action="store_false",
-                   help="train a Bernoulli model on grey values instead of dynamic binarisation")
+    p.add_argument(
+        "--no-binarize",
+        dest="binarize",
+        action="store_false",
+        help="train a Bernoulli model on grey values instead of dynamic binarisation",
+    )
     p.add_argument("--channels", type=int, choices=[1, 3], default=d.channels)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -51,16 +54,28 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-min", type=float, default=d.lr_min)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
-                   help="KL warm-up: its weight rises from 0 to 1 over these epochs")
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="KL warm-up: its weight rises from 0 to 1 over these epochs",
+    )
     p.add_argument("--objective", choices=["elbo", "iwae"], default=d.objective)
     p.add_argument("--iw-k", type=int, default=d.iw_k, help="samples for --objective iwae")
-    p.add_argument("--validation", type=float, default=d.validation,
-                   help="held-out images: a count, or a fraction if < 1")
+    p.add_argument(
+        "--validation",
+        type=float,
+        default=d.validation,
+        help="held-out images: a count, or a fraction if < 1",
+    )
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eval-k", type=int, default=d.eval_k,
-                   help="importance samples for the test log-likelihood")
+    p.add_argument(
+        "--eval-k",
+        type=int,
+        default=d.eval_k,
+        help="importance samples for the test log-likelihood",
+    )
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
     p.add_argument("--threads", type=int, default=None)
@@ -77,8 +92,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def _check(c: TrainConfig) -> str | None:
     """The first nonsense in a config, in words, or None."""
-    positive = {"--epochs": c.epochs, "--batch-size": c.batch_size, "--latent-dim": c.latent_dim,
-                "--iw-k": c.iw_k, "--eval-k": c.eval_k}
+    positive = {
+        "--epochs": c.epochs,
+        "--batch-size": c.batch_size,
+        "--latent-dim": c.latent_dim,
+        "--iw-k": c.iw_k,
+        "--eval-k": c.eval_k,
+    }
     for flag, value in positive.items():
         if value < 1:
             return f"{flag} must be at least 1, got {value}"
@@ -124,14 +144,15 @@ def _loss(model: VAE, c: TrainConfig, x: torch.Tensor, beta: float) -> torch.Ten
     """Minus the objective, averaged over the batch (the per-example values are the bound)."""
     if c.objective == "iwae":
         mean_, log_var, z, logits = model(x, k=c.iw_k)
-        log_w, _ = log_weights(c.likelihood, x, mean_, log_var, z, logits)  # type: ignore[arg-type]
+        log_w, _ = log_weights(c.likelihood, x, mean_, log_var, z, logits)
         return -iwae(log_w).mean()
     mean_, log_var, _, logits = model(x)
-    return -elbo(c.likelihood, x, mean_, log_var, logits[0], beta).elbo.mean()  # type: ignore[arg-type]
+    return -elbo(c.likelihood, x, mean_, log_var, logits[0], beta).elbo.mean()
 
 
-def fit(c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
-        ) -> tuple[VAE, State]:
+def fit(
+    c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
+) -> tuple[VAE, State]:
     device = _device(c.device)
     torch.manual_seed(c.seed)
     shape = Shape(*train.shape[1:])
@@ -154,13 +175,19 @@ def fit(c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
         torch.randperm(len(train), generator=order)
 
     # Redraw at most every second off a terminal, so logs stay readable.
-    progress = tqdm(total=total, initial=state.step, desc="train", unit="step", file=sys.stderr,
-                    mininterval=0.1 if sys.stderr.isatty() else 5.0)
+    progress = tqdm(
+        total=total,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        mininterval=0.1 if sys.stderr.isatty() else 5.0,
+    )
     while state.epoch < c.epochs and state.step < total:
         started = time.monotonic()
         model.train()
         objective, seen = 0.0, 0
-        for idx in torch.randperm(len(train), generator=order).split(c.batch_size):
+        for idx in torch.split(torch.randperm(len(train), generator=order), c.batch_size):
             if state.step >= total:
                 break
             x = x_train[idx.to(device)].float() / 255
@@ -178,15 +205,29 @@ def fit(c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
             objective += -loss.item() * len(idx)
             seen += len(idx)
             progress.update()
-            progress.set_postfix(loss=f"{loss.item():.2f}", epoch=state.epoch + 1)
+            progress.set_postfix(loss=f"{loss.item():.2f}", epoch=state.epoch + 1, refresh=False)
         model.eval()
-        val = evaluate(model.encode, model.decode, c.likelihood, x_val, k=1,  # type: ignore[arg-type]
-                       seed=c.seed, batch_size=1000, progress=False)["elbo"]
+        val = evaluate(
+            model.encode,
+            model.decode,
+            c.likelihood,
+            x_val,
+            k=1,
+            seed=c.seed,
+            batch_size=1000,
+            progress=False,
+        )["elbo"]
         state.epoch += 1
         state.seconds += time.monotonic() - started
-        line = {"epoch": state.epoch, "step": state.step, "train_elbo": round(objective / seen, 4),
-                "validation_elbo": round(val, 4), "beta": beta, "lr": _lr(c, state.step / total),
-                "seconds": round(state.seconds, 1)}
+        line = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_elbo": round(objective / seen, 4),
+            "validation_elbo": round(val, 4),
+            "beta": beta,
+            "lr": _lr(c, state.step / total),
+            "seconds": round(state.seconds, 1),
+        }
         state.history.append(line)
         progress.write(json.dumps(line), file=sys.stdout)
         with open(run_dir / "metrics.jsonl", "a") as f:
@@ -194,16 +235,28 @@ def fit(c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
         if val > state.best_elbo:
             state.best_elbo, state.best_epoch = val, state.epoch
             torch.save(model.state_dict(), run_dir / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "state": vars(state), "rng": torch.get_rng_state(),
-                    "config": c.to_dict()}, run_dir / "last.pt")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": vars(state),
+                "rng": torch.get_rng_state(),
+                "config": c.to_dict(),
+            },
+            run_dir / "last.pt",
+        )
     progress.close()
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True))
     return model.cpu().eval(), state
 
 
-def publish(c: TrainConfig, model: VAE, state: State, dataset: datasets.Dataset,
-            splits: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Path:
+def publish(
+    c: TrainConfig,
+    model: VAE,
+    state: State,
+    dataset: datasets.Dataset,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Path:
     """Export, evaluate the exported graphs, calibrate, write the manifest and report,
     then rename the version into place."""
     train, validation, test = splits
@@ -211,7 +264,7 @@ def publish(c: TrainConfig, model: VAE, state: State, dataset: datasets.Dataset,
     version = c.version if c.version is not None else store.next_version(model_dir)
     if (model_dir / str(version)).exists():
         raise FileExistsError(f"{model_dir / str(version)} exists; versions are never overwritten")
-    likelihood: Likelihood = c.likelihood  # type: ignore[assignment]
+    likelihood = c.likelihood
     binarize = c.binarize and likelihood == "bernoulli"
     staged = store.staging(model_dir, version)
     try:
@@ -220,8 +273,9 @@ def publish(c: TrainConfig, model: VAE, state: State, dataset: datasets.Dataset,
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
-        held_out = serving_elbo(graphs.encode, graphs.decode, likelihood,
-                                prepare(validation, False, c.seed))
+        held_out = serving_elbo(
+            graphs.encode, graphs.decode, likelihood, prepare(validation, False, c.seed)
+        )
         shape = Shape(*train.shape[1:])
         manifest = {
             "format_version": 1,
@@ -234,18 +288,28 @@ def publish(c: TrainConfig, model: VAE, state: State, dataset: datasets.Dataset,
             "likelihood": likelihood,
             "opset": OPSET,
             "graphs": {
-                name: {"file": f"{name}.onnx", "sha256": store.sha256(staged / f"{name}.onnx"),
-                       **graphs_io[name]}
+                name: {
+                    "file": f"{name}.onnx",
+                    "sha256": store.sha256(staged / f"{name}.onnx"),
+                    **graphs_io[name],
+                }
                 for name in ("encoder", "decoder")
             },
             "training": {
                 **c.to_dict(),
-                "data": {"source": dataset.source, "sha256": dataset.sha256,
-                         "n_train": len(train), "n_validation": len(validation),
-                         "n_test": len(test)},
-                "epochs_run": state.epoch, "steps": state.step, "best_epoch": state.best_epoch,
+                "data": {
+                    "source": dataset.source,
+                    "sha256": dataset.sha256,
+                    "n_train": len(train),
+                    "n_validation": len(validation),
+                    "n_test": len(test),
+                },
+                "epochs_run": state.epoch,
+                "steps": state.step,
+                "best_epoch": state.best_epoch,
                 "best_validation_elbo": round(state.best_elbo, 4),
-                "seconds": round(state.seconds, 1), "device": str(_device(c.device)),
+                "seconds": round(state.seconds, 1),
+                "device": str(_device(c.device)),
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
@@ -262,12 +326,20 @@ def publish(c: TrainConfig, model: VAE, state: State, dataset: datasets.Dataset,
     return store.publish(staged, model_dir, version)
 
 
-def _write_report(folder: Path, graphs: Graphs, likelihood: Likelihood, test: np.ndarray,
-                  history: list[dict[str, Any]], seed: int) -> None:
+def _write_report(
+    folder: Path,
+    graphs: Graphs,
+    likelihood: Likelihood,
+    test: np.ndarray,
+    history: list[dict[str, Any]],
+    seed: int,
+) -> None:
     x = prepare(test[:32], False, seed)
     reconstructions = mean(likelihood, graphs.decode(graphs.encode(x)[0]))
-    z = torch.randn((64, graphs.encoder.get_outputs()[0].shape[1]),
-                    generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(
+        (64, graphs.encoder.get_outputs()[0].shape[1]),
+        generator=torch.Generator().manual_seed(seed),
+    )
     samples = mean(likelihood, graphs.decode(z))
     report.write(folder, x.numpy(), reconstructions.numpy(), samples.numpy(), history)
 
