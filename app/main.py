@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -58,6 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the service with uvicorn: one worker, host and port from VAE_HOST/VAE_PORT."""
     parser = argparse.ArgumentParser(prog="vae-serve", description=main.__doc__)
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
+    # there before; this one ends the process with status 0: stopped as asked, not killed.
+    signal.signal(signal.SIGTERM, _stopped)
     # One worker: each would load every model and batch alone; scale with replicas instead.
     uvicorn.run(
         create_app(settings),

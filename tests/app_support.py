@@ -54,13 +54,17 @@ def image_file(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) ->
 
 
 def copy_version(src: Path, store: Path, version: int, **manifest_changes: Any) -> Path:
-    """Copy a version folder into `store` as `version`, editing its manifest."""
-    dst = store / src.parent.name / str(version)
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
+    """Publish a copy of a version folder as `version`, editing its manifest.
+
+    Like the trainer, it stages the copy in a hidden folder and renames it into
+    place, so a server polling the store never sees half of it.
+    """
+    staged = store / src.parent.name / f".{version}.tmp-test"
+    shutil.copytree(src, staged)
+    manifest = json.loads((staged / "manifest.json").read_text())
     manifest.update({"version": version, **manifest_changes})
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    return staged.rename(staged.parent / str(version))
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -1,0 +1,210 @@
+"""The service for real: `vae-serve` (uvicorn) on 127.0.0.1, driven over HTTP with
+real MNIST test images, including concurrent requests that must be batched."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from app_support import copy_version, image_file, metric, npy, read_mnist
+from PIL import Image
+
+STARTUP_S = 120  # a bound for a loaded 2-core machine, not a performance claim
+NPY = {"content-type": "application/x-npy"}
+
+
+@dataclass
+class Server:
+    url: str
+    store: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_ready(server: Server) -> None:
+    """Poll /readyz (bounded); fail at once if the server dies."""
+    deadline = time.monotonic() + STARTUP_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, f"vae-serve exited:\n{server.log_tail()}"
+        try:
+            response = httpx.get(f"{server.url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as error:
+            last = repr(error)  # not listening yet
+        time.sleep(0.2)
+    pytest.fail(f"not ready after {STARTUP_S} s ({last}):\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("served")
+    store = root / "model_store"
+    shutil.copytree(model_store, store)  # private: a test adds a version to it
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")} | {
+        "VAE_MODEL_STORE": str(store),
+        "VAE_HOST": "127.0.0.1",
+        "VAE_PORT": str(port),
+        "VAE_DEVICE": "cpu",
+        "VAE_MAX_BATCH_SIZE": "64",
+        "VAE_MAX_DELAY_MS": "50",  # long enough that concurrent requests meet in a batch
+        "VAE_RELOAD_INTERVAL_S": "0.2",
+        "VAE_INTRA_OP_THREADS": "1",
+    }
+    log = root / "server.log"
+    script = Path(sys.executable).parent / "vae-serve"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [script],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: nothing outlives the test
+        )
+    served = Server(f"http://127.0.0.1:{port}", store, log, process)
+    try:
+        wait_until_ready(served)
+        yield served
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, served.log_tail()
+        assert "Traceback" not in log.read_text(errors="replace"), served.log_tail()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return read_mnist(48)
+
+
+def test_every_endpoint_answers_over_http(server: Server, digits: np.ndarray) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json()["ready"] is True
+        assert http.get("/models").json()["models"][0]["name"] == "mnist"
+        latent = http.get("/models/mnist").json()["versions"][0]["latent_dim"]
+
+        pngs = [
+            ("images", (f"{i}.png", image_file(d), "image/png")) for i, d in enumerate(digits[:3])
+        ]
+        encoded = http.post("/encode?sample=true&seed=1", files=pngs).json()["results"]
+        assert len(encoded) == 3 and len(encoded[0]["z"]) == latent
+
+        b64 = {"images": [base64.b64encode(image_file(digits[0])).decode()]}
+        assert http.post("/encode", json=b64).json()["results"][0] == {
+            k: encoded[0][k] for k in ("mean", "log_var")
+        }
+
+        z = {"z": [row["z"] for row in encoded]}
+        grid = http.post("/decode", json=z)
+        assert grid.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(grid.content)).size == (2 * 28 + 3 * 2,) * 2
+        pixels = np.asarray(http.post("/decode?format=json", json=z).json()["pixels"])
+        assert pixels.shape == (3, 1, 28, 28) and 0 <= pixels.min() <= pixels.max() <= 1
+
+        one = http.get("/sample?seed=4")
+        assert Image.open(io.BytesIO(one.content)).size == (28, 28)
+        sampled = http.get("/sample?n=2&seed=4&temperature=0.8&format=json").json()
+        assert len(sampled["z"]) == 2 and sampled["seed"] == 4
+
+        scored = http.post("/elbo?k=4", content=npy(digits[:4]), headers=NPY).json()
+        assert scored["k"] == 4 and len(scored["results"]) == 4
+        assert all(r["elbo"] < 0 and r["kl"] > 0 for r in scored["results"])
+
+        wrong = http.post(
+            "/elbo", files=[("images", ("x.png", image_file(digits[0][:20]), "image/png"))]
+        )
+        assert wrong.status_code == 422 and "28×20" in wrong.json()["detail"]
+
+        assert "vae_http_requests_total" in http.get("/metrics").text
+        assert http.get("/docs").status_code == 200
+        assert "/elbo" in http.get("/openapi.json").json()["paths"]
+        assert http.post("/admin/reload").status_code == 200
+
+
+async def _post_all(url: str, path: str, bodies: list[bytes]) -> list[httpx.Response]:
+    """All .npy bodies at once, as concurrent clients would send them."""
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        return await asyncio.gather(*(http.post(path, content=b, headers=NPY) for b in bodies))
+
+
+def _calls_larger_than(server: Server, graph: str, rows: str) -> float:
+    """How many ONNX Runtime calls of `graph` so far held more than `rows` rows
+    (a bucket bound of the batch-size histogram)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    labels = {"model": "mnist", "graph": graph}
+    calls = metric(text, "vae_batch_size_count", **labels)
+    return calls - metric(text, "vae_batch_size_bucket", le=rows, **labels)
+
+
+@pytest.mark.parametrize(
+    ("path", "graph", "rows"),
+    [
+        ("/encode", "encoder", "1.0"),  # one image per request
+        ("/elbo?k=3", "decoder", "4.0"),  # 3 latents per request: more than 4 means merged
+    ],
+)
+def test_concurrent_requests_are_batched_and_answer_as_unbatched_ones(
+    server: Server, digits: np.ndarray, path: str, graph: str, rows: str
+) -> None:
+    bodies = [npy(digit[None]) for digit in digits[:32]]
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        # One at a time: no batch-mates.
+        alone = [http.post(path, content=body, headers=NPY) for body in bodies]
+    merged_before = _calls_larger_than(server, graph, rows)
+
+    bad = npy(digits[:1, :, :20])  # the wrong size: refused, and alone
+    together = asyncio.run(_post_all(server.url, path, [*bodies[:16], bad, *bodies[16:]]))
+
+    refused = together.pop(16)
+    assert refused.status_code == 422, refused.text
+    assert [r.status_code for r in together] == [200] * 32
+    for single, merged in zip(alone, together, strict=True):
+        assert merged.json()["results"] == single.json()["results"]  # exactly, not nearly
+    assert _calls_larger_than(server, graph, rows) > merged_before, server.log_tail()
+
+
+def test_a_version_added_to_the_store_is_served_without_a_restart(
+    server: Server, digits: np.ndarray
+) -> None:
+    copy_version(server.store / "mnist" / "1", server.store, 2)
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        while http.get("/models").json()["models"][0]["latest_version"] != 2:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.2)  # the server polls the store every 0.2 s
+        body = npy(digits[:1])
+        assert http.post("/encode", content=body, headers=NPY).json()["version"] == 2
+        assert http.post("/encode?version=1", content=body, headers=NPY).json()["version"] == 1
