@@ -18,6 +18,8 @@ from app.manifest import InputSpec
 
 # The Pillow mode an image file is converted to, by the model's channel count.
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Formats Pillow decodes by itself. Not EPS or PDF: Pillow hands those to Ghostscript.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 def _size(width: int, height: int) -> str:
@@ -55,11 +57,13 @@ def decode_image(
         with warnings.catch_warnings():
             # Pillow warns (and past 2x raises) on huge images; our budget decides instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             budget.spend(image.width, image.height, index)
             image.load()
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(f"image {index} is not an image file we can read") from None
+        raise UnsupportedMediaType(
+            f"image {index} is not an image file we can read ({', '.join(FORMATS)})"
+        ) from None
     except Image.DecompressionBombError:
         # Pillow refuses at open when the header claims over 2 × MAX_IMAGE_PIXELS.
         raise PayloadTooLarge(

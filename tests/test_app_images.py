@@ -111,6 +111,12 @@ def test_not_an_image_is_415_and_a_truncated_one_400() -> None:
         decode(b"")
 
 
+def test_formats_pillow_would_hand_to_ghostscript_are_refused() -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n"
+    with pytest.raises(UnsupportedMediaType, match="PNG, JPEG"):
+        decode(eps)
+
+
 @pytest.mark.parametrize(
     ("side", "message"),
     [(5_000, "5000×5000 pixels"), (50_000, "decompression bomb")],  # 25 M; 2.5 G pixels

@@ -140,12 +140,13 @@ async def encode(
     """Encode images to q(z|x): mean and log_var per image, and z with sample=true."""
     x = await read_images(request, mv.manifest, settings, resize=resize)
     encoded = await inference.encode(mv, x, sample=sample, seed=seed)
+    # orjson writes numpy rows directly, but only C-contiguous ones.
+    means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
     results: list[dict[str, np.ndarray]] = [
-        {"mean": mean, "log_var": log_var}
-        for mean, log_var in zip(encoded.mean, encoded.log_var, strict=True)
+        {"mean": mean, "log_var": log_var} for mean, log_var in zip(means, log_vars, strict=True)
     ]
     if encoded.z is not None:
-        for result, z in zip(results, encoded.z, strict=True):
+        for result, z in zip(results, np.ascontiguousarray(encoded.z), strict=True):
             result["z"] = z
     return NumpyJSON({"model": mv.name, "version": mv.version, "results": results})
 
@@ -197,7 +198,13 @@ async def elbo(
         int, Query(ge=0, le=2**63 - 1, description="Noise seed; fixed so scores repeat.")
     ] = 0,
     fpr: Annotated[
-        float, Query(ge=0, le=1, description="False-positive rate the threshold is set for.")
+        float,
+        Query(
+            ge=0,
+            le=1,
+            description="False-positive rate the threshold is set for. The calibration was "
+            "measured at the manifest's calibration.k (1): compare scores at that k.",
+        ),
     ] = 0.01,
     score: Annotated[Literal["elbo"], Query(description="The statistic scored.")] = "elbo",
     resize: Resize = False,
