@@ -98,8 +98,11 @@ def _base64_files(images: Any) -> list[bytes]:
         raise Unprocessable('"images" must be a list of base64 strings')
     files = []
     for index, text in enumerate(images):
+        if text.startswith("data:"):  # a data URL, as browsers make them
+            text = text.partition(",")[2]
         try:
-            files.append(base64.b64decode(text, validate=True))
+            # Line breaks are fine (`base64` wraps at 76 columns); other stray bytes are not.
+            files.append(base64.b64decode("".join(text.split()), validate=True))
         except (binascii.Error, ValueError):
             raise BadRequest(f"images[{index}] is not valid base64") from None
     return files

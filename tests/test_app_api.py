@@ -112,6 +112,17 @@ def test_encode_equals_the_encoder_graph_in_every_format(
     assert all("z" not in row for row in rows)
 
 
+def test_base64_may_be_wrapped_or_a_data_url(
+    client: TestClient, ref: Reference, mnist: np.ndarray
+) -> None:
+    text = base64.encodebytes(image_file(mnist[0])).decode()  # wrapped at 76 columns
+    assert "\n" in text
+    images = [text, "data:image/png;base64," + text.replace("\n", "")]
+    rows = results(client.post("/encode", json={"images": images}))
+    mean = ref.encode(ref.x(mnist[:1]))[0]
+    np.testing.assert_array_equal(as_arrays(rows, "mean"), np.concatenate([mean, mean]))
+
+
 def test_encode_accepts_one_raw_image_body(
     client: TestClient, ref: Reference, mnist: np.ndarray
 ) -> None:
