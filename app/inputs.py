@@ -113,9 +113,8 @@ async def read_images(
 ) -> np.ndarray:
     """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated."""
     media = media_type(request)
-    if media not in {"multipart/form-data", "application/json", NPY} and not media.startswith(
-        "image/"
-    ):
+    known = media in {"multipart/form-data", "application/json", NPY} or media.startswith("image/")
+    if not known:
         raise UnsupportedMediaType(
             f"content type {media or '(none)'!r} is not supported; send {IMAGE_TYPES}"
         )
