@@ -1,0 +1,70 @@
+"""The ceiling: images/s of ONNX Runtime called in-process, no HTTP.
+
+Sessions get the service's own CPU options (app.runtime.session_options), so
+the ceiling is what the service could reach if serving cost nothing:
+
+- encode: encoder.onnx;
+- decode: decoder.onnx;
+- elbo: encoder, reparameterize, decoder, then log p(x|z) and the KL in numpy
+  (app.vae), as /elbo computes them at k = 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app import vae
+from app.runtime import read_manifest, session_options
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = session_options(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _rate(step: Callable[[], object], images: int, seconds: float) -> float:
+    """Images/s of `step` (one call on `images` images), run for about `seconds`."""
+    step()  # warm-up: first-call allocations
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or calls < 3:
+        step()
+        calls += 1
+    return calls * images / elapsed
+
+
+def ceiling(
+    version_dir: Path, batches: list[int], *, threads: int, seconds: float
+) -> dict[tuple[str, int], float]:
+    """{(op, batch): images/s} for op in encode, decode, elbo."""
+    manifest = read_manifest(version_dir)
+    encoder = _session(version_dir / manifest.graphs.encoder.file, threads)
+    decoder = _session(version_dir / manifest.graphs.decoder.file, threads)
+    latent, size, likelihood = manifest.latent_dim, manifest.input.size, manifest.likelihood
+    rng = np.random.default_rng(0)
+    eps = vae.noise(0, 1, latent)
+    rates: dict[tuple[str, int], float] = {}
+    for n in batches:
+        x = rng.random((n, *manifest.input.shape), dtype=np.float32)  # (N, C, H, W)
+        z = rng.standard_normal((n, latent), dtype=np.float32)  # (N, L)
+
+        def encode(x: np.ndarray = x) -> object:
+            return encoder.run(["mean", "log_var"], {"x": x})
+
+        def decode(z: np.ndarray = z) -> object:
+            return decoder.run(["logits"], {"z": z})
+
+        def elbo(x: np.ndarray = x, n: int = n) -> object:
+            mean, log_var = encoder.run(["mean", "log_var"], {"x": x})
+            draws = vae.reparameterize(mean, log_var, np.broadcast_to(eps, (n, 1, latent)))
+            (logits,) = decoder.run(["logits"], {"z": draws[:, 0]})
+            log_px = vae.log_likelihood(x.reshape(n, size), logits.reshape(n, size), likelihood)
+            return log_px - vae.kl(mean, log_var)
+
+        for op, step in (("encode", encode), ("decode", decode), ("elbo", elbo)):
+            rates[op, n] = _rate(step, n, seconds)
+    return rates

@@ -1,0 +1,299 @@
+"""The results as markdown: absolute figures, ratios, and the issue's targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bench.loadgen import Load
+
+# Cell keys: (server, case, connections).
+SERVICE, UNBATCHED, NAIVE, BENTO = "vae-serve", "vae-serve, batching off", "naive", "BentoML"
+# case -> (request, body) as the tables show it
+CASES = {
+    "healthz": ("GET /healthz", "-"),
+    "encode-npy": ("POST /encode, 1 image", ".npy"),
+    "encode-png": ("POST /encode, 1 image", "PNG multipart"),
+    "elbo-npy": ("POST /elbo, 1 image", ".npy"),
+    "elbo-png": ("POST /elbo, 1 image", "PNG multipart"),
+    "encode-bulk": ("POST /encode, 256 images", ".npy"),
+    "elbo-bulk": ("POST /elbo, 256 images", ".npy"),
+    "sample": ("GET /sample?n=64", "-"),
+    "encode-json": ("POST /encode, 1 image", "JSON floats"),
+}
+Ceiling = dict[tuple[str, int], float]
+
+
+@dataclass(frozen=True)
+class Cell:
+    server: str
+    case: str
+    connections: int
+    images: int  # per request
+    load: Load
+    mean_batch: float | None  # encoder rows per ONNX Runtime call (decoder for /sample)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.load.rps * self.images
+
+
+@dataclass(frozen=True)
+class Target:
+    goal: str
+    measured: str
+    ratio: float | None
+    required: str
+    met: bool | None  # None: not measured
+
+
+def _find(cells: Iterable[Cell], server: str, case: str, connections: int) -> Cell | None:
+    for cell in cells:
+        if (cell.server, cell.case, cell.connections) == (server, case, connections):
+            return cell
+    return None
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _row(values: Iterable[object]) -> str:
+    return "| " + " | ".join(str(v) for v in values) + " |"
+
+
+def _table(header: list[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    return [_row(header), _row("---" for _ in header), *(_row(r) for r in rows)]
+
+
+def ceiling_table(ceiling: Ceiling) -> list[str]:
+    batches = sorted({batch for _, batch in ceiling})
+    rows = [[op, *(_num(ceiling[op, b]) for b in batches)] for op in ("encode", "decode", "elbo")]
+    return _table(["images/s", *(f"batch {b}" for b in batches)], rows)
+
+
+def http_table(cells: list[Cell]) -> list[str]:
+    rows = []
+    for c in cells:
+        request, body = CASES[c.case]
+        batch = "-" if c.mean_batch is None else f"{c.mean_batch:.1f}"
+        load = c.load
+        rows.append(
+            [
+                c.server,
+                request,
+                body,
+                c.connections,
+                _num(load.rps),
+                _num(c.images_per_s),
+                f"{load.p50_ms:.1f}",
+                f"{load.p95_ms:.1f}",
+                f"{load.p99_ms:.1f}",
+                batch,
+                f"{load.errors} ({load.error_kinds})" if load.errors else 0,
+            ]
+        )
+    header = [
+        "server",
+        "request",
+        "body",
+        "conns",
+        "req/s",
+        "images/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean batch",
+        "errors",
+    ]
+    return _table(header, rows)
+
+
+PEERS = [
+    (SERVICE, "encode-npy"),
+    (UNBATCHED, "encode-npy"),
+    (NAIVE, "encode-json"),
+    (BENTO, "encode-json"),
+]
+
+
+def peers_table(cells: list[Cell], connections: list[int]) -> list[str]:
+    """Single-image /encode, every server side by side, with ratios to vae-serve."""
+    rows = []
+    for n in connections:
+        found = [_find(cells, server, case, n) for server, case in PEERS]
+        row: list[object] = [n]
+        row += ["-" if c is None else f"{_num(c.load.rps)} ({c.load.p99_ms:.1f})" for c in found]
+        ours = found[0]
+        for peer in found[1:]:
+            if ours is None or peer is None or not peer.load.rps:
+                row.append("-")
+            else:
+                row.append(f"{ours.load.rps / peer.load.rps:.2f}×")
+        rows.append(row)
+    header = [
+        "conns",
+        "vae-serve .npy",
+        "batching off .npy",
+        "naive JSON",
+        "BentoML JSON",
+        "× batching off",
+        "× naive",
+        "× BentoML",
+    ]
+    return _table(header, rows)
+
+
+def targets(cells: list[Cell], ceiling: Ceiling, bulk_connections: int) -> list[Target]:
+    """The issue's targets, each from figures of this one run."""
+    found: list[Target] = []
+    ours = _find(cells, SERVICE, "encode-npy", 32)
+
+    def ratio_target(goal: str, a: Cell | None, b: Cell | None, need: float, p99: bool) -> None:
+        if a is None or b is None or not b.load.rps:
+            found.append(Target(goal, "not measured", None, f"≥ {need}", None))
+            return
+        ratio = a.load.rps / b.load.rps
+        met = ratio >= need and (not p99 or a.load.p99_ms < b.load.p99_ms)
+        measured = f"{_num(a.load.rps)} vs {_num(b.load.rps)} req/s"
+        required = f"≥ {need}×"
+        if p99:
+            measured += f"; p99 {a.load.p99_ms:.1f} vs {b.load.p99_ms:.1f} ms"
+            required += ", lower p99"
+        found.append(Target(goal, measured, ratio, required, met))
+
+    ratio_target(
+        "single-image /encode (.npy) vs the HTTP ceiling (GET /healthz), 32 conns",
+        ours,
+        _find(cells, SERVICE, "healthz", 32),
+        0.6,
+        p99=False,
+    )
+    bulk = _find(cells, SERVICE, "encode-bulk", bulk_connections)
+    in_process = ceiling.get(("encode", 256))
+    if bulk is None or not in_process:
+        found.append(Target("bulk /encode vs in-process", "not measured", None, "≥ 0.7×", None))
+    else:
+        ratio = bulk.images_per_s / in_process
+        found.append(
+            Target(
+                f"bulk /encode (256 images, .npy, {bulk_connections} conns) vs in-process "
+                "ONNX Runtime at batch 256",
+                f"{_num(bulk.images_per_s)} vs {_num(in_process)} images/s",
+                ratio,
+                "≥ 0.7×",
+                ratio >= 0.7,
+            )
+        )
+    ratio_target(
+        "single-image /encode vs the naive server, 32 conns",
+        ours,
+        _find(cells, NAIVE, "encode-json", 32),
+        3.0,
+        p99=True,
+    )
+    ratio_target(
+        "single-image /encode vs BentoML, 32 conns",
+        ours,
+        _find(cells, BENTO, "encode-json", 32),
+        1.5,
+        p99=True,
+    )
+    batch = None if ours is None else ours.mean_batch
+    found.append(
+        Target(
+            "mean batch size, single-image /encode at 32 conns (/metrics)",
+            "not measured" if batch is None else f"{batch:.1f} images per ONNX Runtime call",
+            batch,
+            "> 4",
+            None if batch is None else batch > 4,
+        )
+    )
+    ratio_target(
+        "batching on vs off (VAE_MAX_BATCH_SIZE=1), single-image /encode, 32 conns",
+        ours,
+        _find(cells, UNBATCHED, "encode-npy", 32),
+        1.5,
+        p99=False,
+    )
+    return found
+
+
+def targets_table(found: list[Target]) -> list[str]:
+    status = {True: "met", False: "**missed**", None: "not measured"}
+    rows = [
+        [
+            t.goal,
+            t.measured,
+            "-" if t.ratio is None else f"{t.ratio:.2f}",
+            t.required,
+            status[t.met],
+        ]
+        for t in found
+    ]
+    return _table(["target", "measured", "ratio", "required", "status"], rows)
+
+
+NOTES = """\
+How to read it: one run, one machine, one server at a time on 127.0.0.1, each
+cell a wrk run (1 thread, sharing the 2 cores with the server for every peer
+alike) after an unmeasured warm-up. Latencies are wrk's, per request.
+"mean batch" is rows per encoder call (decoder for /sample), from the
+service's vae_batch_size histogram, scraped before and after the cell.
+
+- vae-serve: `vae-serve` as shipped (defaults: VAE_MAX_BATCH_SIZE=64,
+  VAE_MAX_DELAY_MS=2), access log off (VAE_LOG_LEVEL=warning), no store polling.
+- vae-serve, batching off: the same with VAE_MAX_BATCH_SIZE=1, VAE_MAX_DELAY_MS=0.
+- naive: bench/naive_server.py, FastAPI with a sync endpoint taking a JSON list
+  of 784 floats, the PyTorch eager encoder (rebuilt layer by layer from the same
+  encoder.onnx), one image per model call; uvicorn, access log off.
+- BentoML: bench/bento_service.py, `@bentoml.api(batchable=True,
+  max_batch_size=64)` around the same encoder.onnx in ONNX Runtime with the
+  service's session options; its own JSON ndarray body; access log off.
+- in-process: ONNX Runtime called in a loop from Python, the service's session
+  options; elbo adds reparameterize, log p(x|z) and the KL in numpy (app.vae).
+"""
+
+
+def document(
+    *,
+    machine: str,
+    versions: str,
+    model: str,
+    when: str,
+    seconds: float,
+    minutes: float,
+    ceiling: Ceiling,
+    cells: list[Cell],
+    connections: list[int],
+    targets: list[Target],
+) -> str:
+    """The whole results file."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Made by `bash bench/run.sh` on {when} in {minutes:.1f} minutes ({seconds:g} s per cell).",
+        "",
+        f"- machine: {machine}",
+        f"- software: {versions}",
+        f"- model: {model}",
+        "",
+        "## Targets (ratios within this run)",
+        "",
+        *targets_table(targets),
+        "",
+        "## Single-image /encode: req/s (p99 ms) by connections",
+        "",
+        *peers_table(cells, connections),
+        "",
+        "## In-process ONNX Runtime (the ceiling)",
+        "",
+        *ceiling_table(ceiling),
+        "",
+        "## HTTP",
+        "",
+        *http_table(cells),
+        "",
+        NOTES,
+    ]
+    return "\n".join(lines)

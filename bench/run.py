@@ -1,0 +1,337 @@
+"""The benchmark, end to end: `bash bench/run.sh` installs what it needs and runs this.
+
+In one run, on one machine: the in-process ONNX Runtime ceiling, then each
+server in turn on 127.0.0.1 (vae-serve, vae-serve with batching off, the naive
+FastAPI + torch server, BentoML), loaded by wrk for a few seconds per cell.
+Only one server runs at a time. The tables go to stdout and to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gzip
+import io
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench import report
+from bench.ceiling import ceiling
+from bench.loadgen import Body, mean_batch, scrape, wrk
+from bench.report import BENTO, NAIVE, SERVICE, UNBATCHED, Cell
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+BENTO_PYTHON = ROOT / "bench" / ".venv-bento" / "bin" / "python"
+BULK = 256  # images per bulk request
+BOUNDARY = "vaebenchboundary"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    command: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    ready: str = "/readyz"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def digits(path: Path, n: int) -> np.ndarray:
+    """n MNIST test images, uint8 (n, 28, 28); seeded noise strokes if the file is missing."""
+    if path.is_file():
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return np.frombuffer(raw, np.uint8, n * 784, offset=16).reshape(n, 28, 28)
+    images = np.zeros((n, 28, 28), np.uint8)
+    rng = np.random.default_rng(0)
+    images[:, 6:22, 10:18] = rng.integers(0, 256, (n, 16, 8), dtype=np.uint8)
+    return images
+
+
+def _npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def _png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_bodies(folder: Path, images: np.ndarray) -> dict[str, Body]:
+    """The request bodies of every case, written once into `folder`."""
+    one = images[:1]  # (1, 28, 28) uint8
+    pixels = (one.astype(np.float32) / 255.0).astype(float)
+    multipart = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="digit.png"'
+            "\r\nContent-Type: image/png\r\n\r\n"
+        ).encode()
+        + _png(one[0])
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    contents: dict[str, tuple[bytes, str, int]] = {
+        "one.npy": (_npy(one), "application/x-npy", 1),
+        "one.multipart": (multipart, f"multipart/form-data; boundary={BOUNDARY}", 1),
+        "bulk.npy": (_npy(images[:BULK]), "application/x-npy", BULK),
+        "naive.json": (json.dumps(pixels.ravel().tolist()).encode(), "application/json", 1),
+        "bento.json": (json.dumps({"x": pixels[:, None].tolist()}).encode(), "application/json", 1),
+    }
+    bodies = {}
+    for name, (data, content_type, count) in contents.items():
+        (folder / name).write_bytes(data)
+        bodies[name] = Body(folder / name, content_type, count)
+    return bodies
+
+
+def _wait_ready(server: Server, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited ({process.returncode}); see {log}")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(server.url + server.ready, timeout=2) as answer,
+        ):
+            if answer.status == 200:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"{server.name} was not ready within 180 s; see {log}")
+
+
+@contextlib.contextmanager
+def running(server: Server, logs: Path) -> Iterator[Server]:
+    """Start `server` in its own process group, wait until it is ready, stop it after."""
+    log = logs / f"{server.name.split(',')[0].replace(' ', '-')}-{server.port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **server.env}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            server.command,
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(server, process, log)
+            yield server
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@dataclass
+class Bench:
+    seconds: int
+    warmup: int
+    cells: list[Cell] = field(default_factory=list)
+
+    def cell(
+        self, server: Server, case: str, path: str, body: Body, connections: int, graph: str = ""
+    ) -> None:
+        """Warm up, then measure one cell; the batch size comes from /metrics when asked."""
+        url = server.url + path
+        wrk(url, body, connections=connections, seconds=self.warmup)
+        before = scrape(server.url) if graph else ""
+        load = wrk(url, body, connections=connections, seconds=self.seconds)
+        batch = mean_batch(before, scrape(server.url), graph) if graph else None
+        cell = Cell(server.name, case, connections, body.images, load, batch)
+        self.cells.append(cell)
+        print(report.http_table([cell])[-1], flush=True)
+
+
+def _machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB"
+
+
+def _versions() -> str:
+    import onnxruntime
+    import torch
+
+    found = [
+        f"Python {platform.python_version()}",
+        f"onnxruntime {onnxruntime.__version__}",
+        f"torch {torch.__version__}",
+    ]
+    if BENTO_PYTHON.exists():
+        with contextlib.suppress(subprocess.SubprocessError):
+            bento = subprocess.run(
+                [str(BENTO_PYTHON), "-c", "import bentoml; print(bentoml.__version__)"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            found.append(f"bentoml {bento}")
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    found.append(wrk_version.split("[")[0].strip() or "wrk")
+    return ", ".join(found)
+
+
+def latest_version(store: Path, model: str) -> Path:
+    versions = [p for p in (store / model).iterdir() if p.name.isdigit()]
+    if not versions:
+        raise SystemExit(f"bench: no version of {model} in {store}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--seconds", type=int, default=6, help="per wrk cell (whole seconds)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each cell")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--bulk-connections", type=int, default=2)
+    parser.add_argument("--images", type=Path, default=MNIST, help="MNIST IDX images file")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--logs", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    store = args.store.resolve()
+    version_dir = latest_version(store, args.model)
+    args.logs.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    conns: list[int] = args.connections
+    print(f"model {version_dir}; {args.seconds:g} s per cell after {args.warmup:g} s of warm-up")
+
+    print("== in-process ONNX Runtime", flush=True)
+    threads = len(os.sched_getaffinity(0))
+    rates = ceiling(version_dir, [1, 8, 64, BULK], threads=threads, seconds=args.seconds / 4)
+    print("\n".join(report.ceiling_table(rates)), flush=True)
+
+    bench = Bench(args.seconds, args.warmup)
+    quiet = {
+        "VAE_MODEL_STORE": str(store),
+        "VAE_DEFAULT_MODEL": args.model,
+        "VAE_LOG_LEVEL": "warning",
+        "VAE_RELOAD_INTERVAL_S": "0",
+    }
+    service = Server(SERVICE, [str(bin_dir / "vae-serve"), "--port", "8101"], 8101, quiet)
+    unbatched = Server(
+        UNBATCHED,
+        [str(bin_dir / "vae-serve"), "--port", "8102"],
+        8102,
+        {**quiet, "VAE_MAX_BATCH_SIZE": "1", "VAE_MAX_DELAY_MS": "0"},
+    )
+    naive = Server(
+        NAIVE,
+        [
+            str(bin_dir / "uvicorn"),
+            "--factory",
+            "bench.naive_server:create_app",
+            "--port",
+            "8103",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        8103,
+        {"BENCH_MODEL_DIR": str(version_dir)},
+        ready="/healthz",
+    )
+    bento = Server(
+        BENTO,
+        [
+            str(BENTO_PYTHON),
+            "-m",
+            "bentoml",
+            "serve",
+            "bench.bento_service:VaeEncoder",
+            "--port",
+            "8104",
+        ],
+        8104,
+        {"BENCH_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "True"},
+    )
+
+    with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
+        bodies = write_bodies(Path(tmp), digits(args.images, BULK))
+        get = Body(None)
+        print("== HTTP (wrk, 1 thread, 127.0.0.1)", flush=True)
+        print("\n".join(report.http_table([])[:2]), flush=True)
+        with running(service, args.logs):
+            for n in conns:
+                bench.cell(service, "healthz", "/healthz", get, n)
+            for case, path, body in (
+                ("encode-npy", "/encode", "one.npy"),
+                ("encode-png", "/encode", "one.multipart"),
+                ("elbo-npy", "/elbo", "one.npy"),
+                ("elbo-png", "/elbo", "one.multipart"),
+            ):
+                for n in conns:
+                    bench.cell(service, case, path, bodies[body], n, graph="encoder")
+            for case, path in (("encode-bulk", "/encode"), ("elbo-bulk", "/elbo")):
+                bench.cell(
+                    service, case, path, bodies["bulk.npy"], args.bulk_connections, graph="encoder"
+                )
+            bench.cell(
+                service, "sample", "/sample?n=64&seed=1", Body(None, images=64), 8, graph="decoder"
+            )
+        with running(unbatched, args.logs):
+            for n in conns:
+                bench.cell(unbatched, "encode-npy", "/encode", bodies["one.npy"], n, "encoder")
+        with running(naive, args.logs):
+            for n in conns:
+                bench.cell(naive, "encode-json", "/encode", bodies["naive.json"], n)
+        if BENTO_PYTHON.exists():
+            with running(bento, args.logs):
+                for n in conns:
+                    bench.cell(bento, "encode-json", "/encode", bodies["bento.json"], n)
+        else:
+            print(f"BentoML skipped: {BENTO_PYTHON} is missing (bash bench/run.sh makes it)")
+
+    found = report.targets(bench.cells, rates, args.bulk_connections)
+    text = report.document(
+        machine=_machine(),
+        versions=_versions(),
+        model=f"{args.model}/{version_dir.name} ({version_dir})",
+        when=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        seconds=args.seconds,
+        minutes=(time.monotonic() - started) / 60,
+        ceiling=rates,
+        cells=bench.cells,
+        connections=conns,
+        targets=found,
+    )
+    args.out.write_text(text)
+    print()
+    print(text)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The benchmark harness (bench/): its parsing and tables, and the naive peer's
+model. Nothing here times anything; `bash bench/run.sh` does that."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ is a folder of the repository, not an installed package
+
+from app.batcher import BatchStats  # noqa: E402
+from app.metrics import Metrics  # noqa: E402
+from bench import report  # noqa: E402
+from bench.loadgen import Body, Load, mean_batch, parse, wrk  # noqa: E402
+from bench.naive_server import encoder_from_onnx  # noqa: E402
+from bench.report import BENTO, NAIVE, SERVICE, UNBATCHED, Cell  # noqa: E402
+
+WRK_OUTPUT = """\
+Running 6s test @ http://127.0.0.1:8101/encode
+  1 threads and 32 connections
+Requests/sec:   2000.00
+BENCH {"requests": 12000, "duration_us": 6000000, "bytes": 1, "connect_errors": 0, \
+"read_errors": 0, "write_errors": 0, "status_errors": 3, "timeouts": 1, "mean_us": 15000.5, \
+"p50_us": 14000, "p95_us": 25000, "p99_us": 31000, "max_us": 52000}
+"""
+
+
+def _load(rps: float, p99_ms: float) -> Load:
+    return Load(int(rps * 5), 5.0, 0, "", 1.0, 1.0, 2.0, p99_ms)
+
+
+def test_parse_reads_the_bench_line() -> None:
+    load = parse(WRK_OUTPUT)
+    assert load.rps == 2000.0
+    assert (load.p50_ms, load.p95_ms, load.p99_ms) == (14.0, 25.0, 31.0)
+    assert load.errors == 4
+    assert load.error_kinds == "status 3, timeouts 1"
+
+
+def test_parse_refuses_output_without_the_bench_line() -> None:
+    with pytest.raises(ValueError, match="no BENCH line"):
+        parse("Requests/sec: 12\n")
+
+
+def test_mean_batch_comes_from_the_service_histogram() -> None:
+    metrics = Metrics()
+    observe = metrics.batch_observer("mnist", "encoder")
+    observe(BatchStats(size=2, queue_wait_s=[0.001], run_s=0.001))
+    before = metrics.render().decode()
+    for size in (8, 4):
+        observe(BatchStats(size=size, queue_wait_s=[0.001], run_s=0.001))
+    metrics.batch_observer("mnist", "decoder")(BatchStats(size=64, queue_wait_s=[], run_s=0.01))
+    after = metrics.render().decode()
+    assert mean_batch(before, after, "encoder") == 6.0
+    assert mean_batch(before, after, "decoder") == 64.0
+    assert mean_batch(after, after, "encoder") is None
+
+
+def test_targets_compare_within_the_run() -> None:
+    cells = [
+        Cell(SERVICE, "healthz", 32, 1, _load(3000, 20), None),
+        Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5),
+        Cell(SERVICE, "encode-bulk", 2, 256, _load(50, 50), 64.0),
+        Cell(UNBATCHED, "encode-npy", 32, 1, _load(1000, 60), 1.0),
+        Cell(NAIVE, "encode-json", 32, 1, _load(500, 90), None),
+        Cell(BENTO, "encode-json", 32, 1, _load(1500, 20), None),
+    ]
+    ceiling = {("encode", 256): 20_000.0}
+    found = {t.goal.split(",")[0]: t for t in report.targets(cells, ceiling, 2)}
+    assert len(found) == 6
+    http = found["single-image /encode (.npy) vs the HTTP ceiling (GET /healthz)"]
+    assert http.met and http.ratio == pytest.approx(2 / 3)
+    bulk = next(t for goal, t in found.items() if goal.startswith("bulk"))
+    assert not bulk.met and bulk.ratio == pytest.approx(50 * 256 / 20_000)
+    assert found["single-image /encode vs the naive server"].met
+    bento = found["single-image /encode vs BentoML"]
+    assert not bento.met, "1.33× and a higher p99 miss ≥ 1.5× with a lower p99"
+    assert found["mean batch size"].met
+    assert found["batching on vs off (VAE_MAX_BATCH_SIZE=1)"].ratio == 2.0
+    table = "\n".join(report.targets_table(list(found.values())))
+    assert table.count("**missed**") == 2
+
+
+def test_a_missing_peer_is_not_measured_rather_than_missed() -> None:
+    cells = [Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5)]
+    found = report.targets(cells, {}, 2)
+    assert [t.met for t in found] == [None, None, None, None, True, None]
+    peers = report.peers_table(cells, [32])
+    assert peers[-1] == "| 32 | 2,000 (30.0) | - | - | - | - | - | - |"
+
+
+def test_the_naive_peer_computes_the_encoder_that_onnx_runtime_runs(version_dir: Path) -> None:
+    model = encoder_from_onnx(version_dir / "encoder.onnx")
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    session = ort.InferenceSession(str(version_dir / "encoder.onnx"))
+    mean, log_var = session.run(["mean", "log_var"], {"x": x})
+    with torch.no_grad():
+        torch_mean, torch_log_var = model(torch.from_numpy(x))
+    np.testing.assert_allclose(torch_mean.numpy(), mean, atol=1e-5)
+    np.testing.assert_allclose(torch_log_var.numpy(), log_var, atol=1e-5)
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        ok = body == b"\x93NUMPY-body" and self.headers["Content-Type"] == "application/x-npy"
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/encode"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (bench/run.sh does)")
+def test_the_wrk_script_sends_the_body_and_reports(echo_server: str, tmp_path: Path) -> None:
+    """bench.lua sends the file's bytes with its content type; non-2xx would count as errors."""
+    body = tmp_path / "one.npy"
+    body.write_bytes(b"\x93NUMPY-body")
+    load = wrk(echo_server, Body(body, "application/x-npy"), connections=1, seconds=1)
+    assert load.requests > 0
+    assert load.errors == 0, load.error_kinds
+
+
+def test_run_sh_runs_the_harness() -> None:
+    script = (ROOT / "bench" / "run.sh").read_text()
+    assert "exec .venv/bin/python -m bench.run" in script
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--store" in done.stdout
