@@ -111,6 +111,7 @@ def http_table(cells: list[Cell]) -> list[str]:
 
 PEERS = [
     (SERVICE, "encode-npy"),
+    (SERVICE, "encode-json"),
     (UNBATCHED, "encode-npy"),
     (NAIVE, "encode-json"),
     (BENTO, "encode-json"),
@@ -125,7 +126,7 @@ def peers_table(cells: list[Cell], connections: list[int]) -> list[str]:
         row: list[object] = [n]
         row += ["-" if c is None else f"{_num(c.load.rps)} ({c.load.p99_ms:.1f})" for c in found]
         ours = found[0]
-        for peer in found[1:]:
+        for peer in found[2:]:
             if ours is None or peer is None or not peer.load.rps:
                 row.append("-")
             else:
@@ -134,6 +135,7 @@ def peers_table(cells: list[Cell], connections: list[int]) -> list[str]:
     header = [
         "conns",
         "vae-serve .npy",
+        "vae-serve JSON",
         "batching off .npy",
         "naive JSON",
         "BentoML JSON",

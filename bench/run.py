@@ -40,6 +40,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 BENTO_PYTHON = ROOT / "bench" / ".venv-bento" / "bin" / "python"
 BULK = 256  # images per bulk request
 BOUNDARY = "vaebenchboundary"
+SERVER_KEYS = ["vae-serve", "unbatched", "naive", "bentoml"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def write_bodies(folder: Path, images: np.ndarray) -> dict[str, Body]:
         "one.multipart": (multipart, f"multipart/form-data; boundary={BOUNDARY}", 1),
         "bulk.npy": (_npy(images[:BULK]), "application/x-npy", BULK),
         "naive.json": (json.dumps(pixels.ravel().tolist()).encode(), "application/json", 1),
+        "pixels.json": (json.dumps({"pixels": pixels.tolist()}).encode(), "application/json", 1),
         "bento.json": (json.dumps({"x": pixels[:, None].tolist()}).encode(), "application/json", 1),
     }
     bodies = {}
@@ -120,7 +122,7 @@ def _wait_ready(server: Server, process: subprocess.Popen[bytes], log: Path) -> 
 
 
 @contextlib.contextmanager
-def running(server: Server, logs: Path) -> Iterator[Server]:
+def running(server: Server, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Start `server` in its own process group, wait until it is ready, stop it after."""
     log = logs / f"{server.name.split(',')[0].replace(' ', '-')}-{server.port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **server.env}
@@ -135,7 +137,7 @@ def running(server: Server, logs: Path) -> Iterator[Server]:
         )
         try:
             _wait_ready(server, process, log)
-            yield server
+            yield process
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -166,7 +168,7 @@ class Bench:
         print(report.http_table([cell])[-1], flush=True)
 
 
-def _machine() -> str:
+def _machine(load: float) -> str:
     model = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -174,7 +176,8 @@ def _machine() -> str:
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB"
+    cores = len(os.sched_getaffinity(0))
+    return f"{model}, {cores} cores, {memory:.0f} GiB; load average {load:.2f} at the start"
 
 
 def _versions() -> str:
@@ -200,11 +203,80 @@ def _versions() -> str:
     return ", ".join(found)
 
 
+def _describe(version_dir: Path) -> str:
+    """The model as the results name it: its folder and its shape."""
+    where = version_dir.relative_to(ROOT) if version_dir.is_relative_to(ROOT) else version_dir
+    try:
+        training = json.loads((version_dir / "manifest.json").read_text())["training"]
+        shape = f"{training['architecture']} {training['hidden']}, latent {training['latent_dim']}"
+    except (OSError, KeyError, ValueError):
+        return str(where)
+    return f"{where} ({shape})"
+
+
 def latest_version(store: Path, model: str) -> Path:
     versions = [p for p in (store / model).iterdir() if p.name.isdigit()]
     if not versions:
         raise SystemExit(f"bench: no version of {model} in {store}")
     return max(versions, key=lambda p: int(p.name))
+
+
+def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server]:
+    """Every server the benchmark loads, by its --servers key; one port each."""
+    bin_dir = Path(sys.executable).parent
+    quiet = {
+        "VAE_MODEL_STORE": str(store),
+        "VAE_DEFAULT_MODEL": model,
+        "VAE_LOG_LEVEL": "warning",  # no access log, as for every peer
+        "VAE_RELOAD_INTERVAL_S": "0",
+    }
+    vae_serve = [str(bin_dir / "vae-serve"), "--port"]
+    naive = [str(bin_dir / "uvicorn"), "--factory", "bench.naive_server:create_app"]
+    naive += ["--log-level", "warning", "--no-access-log", "--port", "8103"]
+    bento = [str(BENTO_PYTHON), "-m", "bentoml", "serve", "bench.bento_service:VaeEncoder"]
+    peer_env = {"BENCH_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "True"}
+    unbatched = {**quiet, "VAE_MAX_BATCH_SIZE": "1", "VAE_MAX_DELAY_MS": "0"}
+    return {
+        "vae-serve": Server(SERVICE, [*vae_serve, "8101"], 8101, quiet),
+        "unbatched": Server(UNBATCHED, [*vae_serve, "8102"], 8102, unbatched),
+        "naive": Server(NAIVE, naive, 8103, peer_env, ready="/healthz"),
+        "bentoml": Server(BENTO, [*bento, "--port", "8104"], 8104, peer_env),
+    }
+
+
+def measure(
+    bench: Bench,
+    key: str,
+    server: Server,
+    bodies: dict[str, Body],
+    conns: list[int],
+    bulk_conns: int,
+) -> None:
+    """The cells of one server (it is running)."""
+    if key in {"naive", "bentoml"}:
+        body = bodies["naive.json" if key == "naive" else "bento.json"]
+        for n in conns:
+            bench.cell(server, "encode-json", "/encode", body, n)
+        return
+    if key == "unbatched":
+        for n in conns:
+            bench.cell(server, "encode-npy", "/encode", bodies["one.npy"], n, graph="encoder")
+        return
+    for n in conns:
+        bench.cell(server, "healthz", "/healthz", Body(None), n)
+    for case, path, name in (
+        ("encode-npy", "/encode", "one.npy"),
+        ("encode-png", "/encode", "one.multipart"),
+        ("encode-json", "/encode", "pixels.json"),
+        ("elbo-npy", "/elbo", "one.npy"),
+        ("elbo-png", "/elbo", "one.multipart"),
+    ):
+        for n in conns:
+            bench.cell(server, case, path, bodies[name], n, graph="encoder")
+    for case, path in (("encode-bulk", "/encode"), ("elbo-bulk", "/elbo")):
+        bench.cell(server, case, path, bodies["bulk.npy"], bulk_conns, graph="encoder")
+    sample = Body(None, images=64)
+    bench.cell(server, "sample", "/sample?n=64&seed=1", sample, 8, graph="decoder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,12 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=MNIST, help="MNIST IDX images file")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     parser.add_argument("--logs", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=SERVER_KEYS,
+        default=SERVER_KEYS,
+        help="which servers to load, in this order",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: something else is running, figures will be noisy")
     store = args.store.resolve()
     version_dir = latest_version(store, args.model)
     args.logs.mkdir(parents=True, exist_ok=True)
-    bin_dir = Path(sys.executable).parent
     conns: list[int] = args.connections
     print(f"model {version_dir}; {args.seconds:g} s per cell after {args.warmup:g} s of warm-up")
 
@@ -233,91 +314,23 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.ceiling_table(rates)), flush=True)
 
     bench = Bench(args.seconds, args.warmup)
-    quiet = {
-        "VAE_MODEL_STORE": str(store),
-        "VAE_DEFAULT_MODEL": args.model,
-        "VAE_LOG_LEVEL": "warning",
-        "VAE_RELOAD_INTERVAL_S": "0",
-    }
-    service = Server(SERVICE, [str(bin_dir / "vae-serve"), "--port", "8101"], 8101, quiet)
-    unbatched = Server(
-        UNBATCHED,
-        [str(bin_dir / "vae-serve"), "--port", "8102"],
-        8102,
-        {**quiet, "VAE_MAX_BATCH_SIZE": "1", "VAE_MAX_DELAY_MS": "0"},
-    )
-    naive = Server(
-        NAIVE,
-        [
-            str(bin_dir / "uvicorn"),
-            "--factory",
-            "bench.naive_server:create_app",
-            "--port",
-            "8103",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        8103,
-        {"BENCH_MODEL_DIR": str(version_dir)},
-        ready="/healthz",
-    )
-    bento = Server(
-        BENTO,
-        [
-            str(BENTO_PYTHON),
-            "-m",
-            "bentoml",
-            "serve",
-            "bench.bento_service:VaeEncoder",
-            "--port",
-            "8104",
-        ],
-        8104,
-        {"BENCH_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "True"},
-    )
-
+    servers = make_servers(store, args.model, version_dir)
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
         bodies = write_bodies(Path(tmp), digits(args.images, BULK))
-        get = Body(None)
         print("== HTTP (wrk, 1 thread, 127.0.0.1)", flush=True)
         print("\n".join(report.http_table([])[:2]), flush=True)
-        with running(service, args.logs):
-            for n in conns:
-                bench.cell(service, "healthz", "/healthz", get, n)
-            for case, path, body in (
-                ("encode-npy", "/encode", "one.npy"),
-                ("encode-png", "/encode", "one.multipart"),
-                ("elbo-npy", "/elbo", "one.npy"),
-                ("elbo-png", "/elbo", "one.multipart"),
-            ):
-                for n in conns:
-                    bench.cell(service, case, path, bodies[body], n, graph="encoder")
-            for case, path in (("encode-bulk", "/encode"), ("elbo-bulk", "/elbo")):
-                bench.cell(
-                    service, case, path, bodies["bulk.npy"], args.bulk_connections, graph="encoder"
-                )
-            bench.cell(
-                service, "sample", "/sample?n=64&seed=1", Body(None, images=64), 8, graph="decoder"
-            )
-        with running(unbatched, args.logs):
-            for n in conns:
-                bench.cell(unbatched, "encode-npy", "/encode", bodies["one.npy"], n, "encoder")
-        with running(naive, args.logs):
-            for n in conns:
-                bench.cell(naive, "encode-json", "/encode", bodies["naive.json"], n)
-        if BENTO_PYTHON.exists():
-            with running(bento, args.logs):
-                for n in conns:
-                    bench.cell(bento, "encode-json", "/encode", bodies["bento.json"], n)
-        else:
-            print(f"BentoML skipped: {BENTO_PYTHON} is missing (bash bench/run.sh makes it)")
+        for key in args.servers:
+            if key == "bentoml" and not BENTO_PYTHON.exists():
+                print(f"BentoML skipped: {BENTO_PYTHON} is missing (bash bench/run.sh makes it)")
+                continue
+            with running(servers[key], args.logs):
+                measure(bench, key, servers[key], bodies, conns, args.bulk_connections)
 
     found = report.targets(bench.cells, rates, args.bulk_connections)
     text = report.document(
-        machine=_machine(),
+        machine=_machine(load),
         versions=_versions(),
-        model=f"{args.model}/{version_dir.name} ({version_dir})",
+        model=_describe(version_dir),
         when=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=args.seconds,
         minutes=(time.monotonic() - started) / 60,

@@ -97,7 +97,7 @@ def test_a_missing_peer_is_not_measured_rather_than_missed() -> None:
     found = report.targets(cells, {}, 2)
     assert [t.met for t in found] == [None, None, None, None, True, None]
     peers = report.peers_table(cells, [32])
-    assert peers[-1] == "| 32 | 2,000 (30.0) | - | - | - | - | - | - |"
+    assert peers[-1] == "| 32 | 2,000 (30.0) | - | - | - | - | - | - | - |"
 
 
 def test_the_naive_peer_computes_the_encoder_that_onnx_runtime_runs(version_dir: Path) -> None:
