@@ -8,12 +8,23 @@ import gzip
 import io
 import json
 import math
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -121,3 +132,77 @@ class Reference:
             results["reconstruction"].append(float(log_px.mean()))
             results["kl"].append(kl)
         return {key: np.asarray(values) for key, values in results.items()}
+
+
+STARTUP_S = 120  # a bound for a loaded 2-core machine, not a performance claim
+
+
+@dataclass
+class Server:
+    url: str
+    store: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until_ready(server: Server) -> None:
+    """Poll /readyz (bounded); fail at once if the server dies."""
+    deadline = time.monotonic() + STARTUP_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, f"vae-serve exited:\n{server.log_tail()}"
+        try:
+            response = httpx.get(f"{server.url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as error:
+            last = repr(error)  # not listening yet
+        time.sleep(0.2)
+    pytest.fail(f"not ready after {STARTUP_S} s ({last}):\n{server.log_tail()}")
+
+
+@contextmanager
+def serve(store: Path, cwd: Path, **settings: str) -> Iterator[Server]:
+    """vae-serve on 127.0.0.1 and a free port, ready; stopped (SIGTERM, exit 0) after."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")} | {
+        "VAE_MODEL_STORE": str(store),
+        "VAE_HOST": "127.0.0.1",
+        "VAE_PORT": str(port),
+        "VAE_DEVICE": "cpu",
+        **settings,
+    }
+    log = cwd / "server.log"
+    script = Path(sys.executable).parent / "vae-serve"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [script],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: nothing outlives the test
+        )
+    served = Server(f"http://127.0.0.1:{port}", store, log, process)
+    try:
+        wait_until_ready(served)
+        yield served
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, served.log_tail()
+        assert "Traceback" not in log.read_text(errors="replace"), served.log_tail()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)

@@ -6,60 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from app_support import copy_version, image_file, metric, npy, read_mnist
+from app_support import Server, copy_version, image_file, metric, npy, read_mnist, serve
 from PIL import Image
 
-STARTUP_S = 120  # a bound for a loaded 2-core machine, not a performance claim
 NPY = {"content-type": "application/x-npy"}
-
-
-@dataclass
-class Server:
-    url: str
-    store: Path
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_ready(server: Server) -> None:
-    """Poll /readyz (bounded); fail at once if the server dies."""
-    deadline = time.monotonic() + STARTUP_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, f"vae-serve exited:\n{server.log_tail()}"
-        try:
-            response = httpx.get(f"{server.url}/readyz", timeout=5)
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.TransportError as error:
-            last = repr(error)  # not listening yet
-        time.sleep(0.2)
-    pytest.fail(f"not ready after {STARTUP_S} s ({last}):\n{server.log_tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -67,40 +25,14 @@ def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("served")
     store = root / "model_store"
     shutil.copytree(model_store, store)  # private: a test adds a version to it
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")} | {
-        "VAE_MODEL_STORE": str(store),
-        "VAE_HOST": "127.0.0.1",
-        "VAE_PORT": str(port),
-        "VAE_DEVICE": "cpu",
+    settings = {
         "VAE_MAX_BATCH_SIZE": "64",
         "VAE_MAX_DELAY_MS": "50",  # long enough that concurrent requests meet in a batch
         "VAE_RELOAD_INTERVAL_S": "0.2",
         "VAE_INTRA_OP_THREADS": "1",
     }
-    log = root / "server.log"
-    script = Path(sys.executable).parent / "vae-serve"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [script],
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: nothing outlives the test
-        )
-    served = Server(f"http://127.0.0.1:{port}", store, log, process)
-    try:
-        wait_until_ready(served)
+    with serve(store, root, **settings) as served:
         yield served
-        os.killpg(process.pid, signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, served.log_tail()
-        assert "Traceback" not in log.read_text(errors="replace"), served.log_tail()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

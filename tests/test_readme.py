@@ -1,0 +1,68 @@
+"""The README's API examples run, as written, against the bundled model store."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from app_support import ROOT, serve
+
+README = ROOT / "README.md"
+BUNDLED = ROOT / "model_store"
+
+
+def api_examples() -> list[str]:
+    """The ```sh blocks of the README's `## API` section, in order."""
+    text = README.read_text()
+    section = text.split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_api_section_has_examples_for_every_endpoint() -> None:
+    script = "\n".join(api_examples())
+    for endpoint in (
+        "/encode",
+        "/decode",
+        "/sample",
+        "/elbo",
+        "/healthz",
+        "/readyz",
+        "/models",
+        "/metrics",
+        "/admin/reload",
+    ):
+        assert f"$B{endpoint}" in script, f"no curl example for {endpoint}"
+
+
+@pytest.mark.slow
+def test_every_api_example_works_against_the_bundled_model(tmp_path: Path) -> None:
+    assert (BUNDLED / "mnist").is_dir(), "the bundled model model_store/mnist is missing"
+    # The examples call .venv/bin/python relative to the repository, as a reader would.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    with serve(BUNDLED, tmp_path, VAE_RELOAD_INTERVAL_S="0") as server:
+        for block in api_examples():
+            script = (
+                "set -euo pipefail\n"
+                # Any HTTP error fails the example, not only a refused connection.
+                'curl() { command curl --fail-with-body --silent --show-error "$@"; }\n'
+                + block.replace("B=http://127.0.0.1:8000", f"B={server.url}")
+            )
+            env = {**os.environ, "B": server.url, "VAE_API_KEY": "unused-by-this-server"}
+            result = subprocess.run(
+                ["bash", "-c", script],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, (
+                f"{block}\nstdout: {result.stdout[-2000:]}\n"
+                f"stderr: {result.stderr[-2000:]}\nserver: {server.log_tail()}"
+            )
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert (tmp_path / "decoded.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
