@@ -59,8 +59,16 @@ class Graphs(_Strict):
     decoder: GraphSpec
 
 
+class ScoreCalibration(_Strict):
+    """Quantiles of one anomaly score (higher is more anomalous) at the calibration's levels."""
+
+    k: PositiveInt  # importance samples the score was measured with
+    quantiles: list[float]
+
+
 class Calibration(_Strict):
-    """Quantiles of the ELBO of held-out normal data, for anomaly thresholds."""
+    """Quantiles of the ELBO, and of the other anomaly scores, of held-out normal data,
+    for anomaly thresholds. Manifests without `scores` calibrate the ELBO only."""
 
     split: str
     n: int
@@ -69,20 +77,28 @@ class Calibration(_Strict):
     statistic: Literal["elbo"]
     levels: list[float]
     elbo_quantiles: list[float]
+    scores: dict[str, ScoreCalibration] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _monotone(self) -> Self:
-        levels, quantiles = self.levels, self.elbo_quantiles
-        if len(levels) < 2 or len(levels) != len(quantiles):
-            raise ValueError("levels and elbo_quantiles need the same length, at least 2")
-        if not all(math.isfinite(v) for v in [*levels, *quantiles]):
-            raise ValueError("levels and elbo_quantiles must be finite")
+        levels = self.levels
+        named = {"elbo_quantiles": self.elbo_quantiles}
+        named |= {f"scores.{name}.quantiles": s.quantiles for name, s in self.scores.items()}
+        if len(levels) < 2:
+            raise ValueError("levels needs at least 2 values")
+        if not all(math.isfinite(v) for v in levels):
+            raise ValueError("levels must be finite")
         if levels[0] < 0 or levels[-1] > 1:
             raise ValueError("levels must lie in [0, 1]")
         if any(b <= a for a, b in itertools.pairwise(levels)):
             raise ValueError("levels must be strictly increasing")
-        if any(b < a for a, b in itertools.pairwise(quantiles)):
-            raise ValueError("elbo_quantiles must be non-decreasing")
+        for field, quantiles in named.items():
+            if len(quantiles) != len(levels):
+                raise ValueError(f"levels and {field} need the same length")
+            if not all(math.isfinite(v) for v in quantiles):
+                raise ValueError(f"{field} must be finite")
+            if any(b < a for a, b in itertools.pairwise(quantiles)):
+                raise ValueError(f"{field} must be non-decreasing")
         return self
 
 

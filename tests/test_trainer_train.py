@@ -15,6 +15,7 @@ import torch
 
 from trainer import data, evaluate, store
 from trainer.model import VAE, Shape
+from trainer.scores import anomaly_scores
 from trainer.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,12 +147,15 @@ def test_calibration_is_the_serving_elbo_of_held_out_images(trained: dict[str, A
     graphs = evaluate.Graphs(trained["dir"])
     dataset = data.load(MNIST)
     _, validation, _ = data.splits(dataset, 5000, 0.1, seed=0)
-    scores = evaluate.serving_elbo(
-        graphs.encode, graphs.decode, "bernoulli", evaluate.prepare(validation, False, 0)
-    )
+    scores = anomaly_scores(graphs.encode, graphs.decode, "bernoulli", validation)
     calibration = trained["manifest"]["calibration"]
-    median = calibration["elbo_quantiles"][calibration["levels"].index(0.5)]
-    assert float(np.median(scores.numpy())) == pytest.approx(median, abs=1e-3)
+    median = calibration["levels"].index(0.5)
+    assert float(np.median(-scores["elbo"])) == pytest.approx(
+        calibration["elbo_quantiles"][median], abs=1e-3
+    )
+    for name in ("iwae", "complexity"):
+        recorded = calibration["scores"][name]["quantiles"][median]
+        assert float(np.median(scores[name])) == pytest.approx(recorded, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ class TrainConfig:
     binarize: bool = True  # dynamic binarisation (Bernoulli only): the MNIST LL protocol
     channels: int = 1  # for image folders: 1 grayscale, 3 RGB
     image_size: list[int] | None = None  # [H, W] for image folders
+    classes: list[int] | None = None  # train on these labels only (one-class experiments)
     epochs: int = 50
     max_steps: int | None = None  # stop early after this many optimiser steps (tests, smoke runs)
     batch_size: int = 128

@@ -11,6 +11,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,16 +31,24 @@ class Dataset:
     test: Array | None  # the source's own test split, when it has one
     source: str
     sha256: str  # of the raw files read, so a manifest names its data exactly
+    train_labels: NDArray[np.uint8] | None = None  # (N,), when the source has label files
+    test_labels: NDArray[np.uint8] | None = None
+
+
+def _read_raw(path: Path) -> bytes:
+    """A file's bytes, gunzipped when it ends in .gz."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw: bytes = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from e
+    return raw
 
 
 def read_idx(path: Path) -> Array:
     """An IDX image file (magic 2051), gzipped or raw -> (N, 1, H, W) uint8."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from e
+    raw = _read_raw(path)
     if len(raw) < 16:
         raise DataError(f"{path}: too short for an IDX image file")
     magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
@@ -48,6 +57,19 @@ def read_idx(path: Path) -> Array:
     if len(raw) != 16 + n * rows * cols:
         raise DataError(f"{path}: header says {n}x{rows}x{cols} pixels, file holds {len(raw) - 16}")
     return np.frombuffer(raw, np.uint8, offset=16).reshape(n, 1, rows, cols)
+
+
+def read_idx_labels(path: Path) -> NDArray[np.uint8]:
+    """An IDX label file (magic 2049), gzipped or raw -> (N,) uint8."""
+    raw = _read_raw(path)
+    if len(raw) < 8:
+        raise DataError(f"{path}: too short for an IDX label file")
+    magic, n = struct.unpack(">II", raw[:8])
+    if magic != 2049:
+        raise DataError(f"{path}: not an IDX label file (magic {magic}, expected 2049)")
+    if len(raw) != 8 + n:
+        raise DataError(f"{path}: header says {n} labels, file holds {len(raw) - 8}")
+    return np.frombuffer(raw, np.uint8, offset=8)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -128,8 +150,16 @@ def load(source: str | Path, channels: int = 1, size: tuple[int, int] | None = N
         if train is not None:
             test = _find_idx(path, "t10k-images-idx3-ubyte")
             used = [train] + ([test] if test else [])
+            # Labels are optional: they only serve class filters (one-class experiments).
+            train_labels = _find_idx(path, "train-labels-idx1-ubyte")
+            test_labels = _find_idx(path, "t10k-labels-idx1-ubyte")
             return Dataset(
-                read_idx(train), read_idx(test) if test else None, str(path), _sha256(used)
+                read_idx(train),
+                read_idx(test) if test else None,
+                str(path),
+                _sha256(used),
+                read_idx_labels(train_labels) if train_labels else None,
+                read_idx_labels(test_labels) if test_labels and test else None,
             )
         images = _read_folder(path, channels, size)
         files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -139,6 +169,26 @@ def load(source: str | Path, channels: int = 1, size: tuple[int, int] | None = N
     if "idx3" in path.name:
         return Dataset(read_idx(path), None, str(path), _sha256([path]))
     raise DataError(f"{path}: expected an IDX folder or file, an image folder, or .npy/.npz")
+
+
+def select(dataset: Dataset, classes: list[int]) -> Dataset:
+    """Only the images whose label is in `classes` (one-class training). The test split
+    is filtered too; without test labels it is dropped, so a test fraction is held out."""
+    labels = dataset.train_labels
+    if labels is None or len(labels) != len(dataset.train):
+        raise DataError(f"{dataset.source}: no train labels (train-labels-idx1-ubyte) to select by")
+    keep = np.isin(labels, classes)
+    if not keep.any():
+        raise DataError(f"{dataset.source}: no training images of classes {classes}")
+    test, test_labels = None, None
+    if dataset.test is not None and dataset.test_labels is not None:
+        if len(dataset.test_labels) != len(dataset.test):
+            raise DataError(f"{dataset.source}: test labels and images differ in number")
+        kept = np.isin(dataset.test_labels, classes)
+        test, test_labels = dataset.test[kept], dataset.test_labels[kept]
+    return Dataset(
+        dataset.train[keep], test, dataset.source, dataset.sha256, labels[keep], test_labels
+    )
 
 
 def split(images: Array, fraction_or_count: float, seed: int) -> tuple[Array, Array]:
@@ -164,3 +214,12 @@ def splits(
     # A different seed for the validation draw: it must not mirror the test draw.
     train, held_out = split(rest, validation, seed + 1)
     return train, held_out, test
+
+
+def as_trained(source: str | Path, config: dict[str, Any]) -> tuple[Array, Array, Array]:
+    """(train, validation, test) exactly as the manifest's training config split them."""
+    size = config.get("image_size")
+    dataset = load(source, config["channels"], (size[0], size[1]) if size else None)
+    if config.get("classes") is not None:  # absent from manifests that predate class filters
+        dataset = select(dataset, config["classes"])
+    return splits(dataset, config["validation"], config["test_fraction"], config["seed"])

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from trainer import data as datasets
-from trainer.likelihood import Likelihood, log_prob
+from trainer.likelihood import Likelihood
 from trainer.objectives import iwae, kl, log_weights, reparameterize
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -115,35 +115,6 @@ def evaluate(
     }
 
 
-@torch.no_grad()
-def serving_elbo(
-    encode: Encode, decode: Decode, likelihood: Likelihood, x: torch.Tensor, seed: int = 0
-) -> torch.Tensor:
-    """The per-image ELBO exactly as the service's /elbo computes it by default:
-    unbinarised pixels, one sample, eps from numpy's default_rng(seed) per image."""
-    mean, log_var = encode(x)
-    eps = np.random.default_rng(seed).standard_normal((1, mean.shape[-1]), dtype=np.float32)
-    z = reparameterize(mean, log_var, torch.from_numpy(eps))  # (B, L), eps shared per image
-    return log_prob(likelihood, x, decode(z)) - kl(mean, log_var)
-
-
-LEVELS = [0.0, 0.001, 0.002, 0.005, *[i / 100 for i in range(1, 100)], 0.995, 0.998, 0.999, 1.0]
-
-
-def calibrate(elbo: torch.Tensor, seed: int) -> dict[str, Any]:
-    """Quantiles of held-out ELBO: the service's anomaly thresholds and percentiles."""
-    values = np.quantile(elbo.double().numpy(), LEVELS)
-    return {
-        "split": "validation",
-        "n": len(elbo),
-        "k": 1,
-        "seed": seed,
-        "statistic": "elbo",
-        "levels": LEVELS,
-        "elbo_quantiles": [round(float(v), 4) for v in values],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vae-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("version_dir", type=Path, help="a store version: model_store/mnist/1")
@@ -159,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = json.loads((args.version_dir / "manifest.json").read_text())
         config = manifest["training"]
-        dataset = datasets.load(args.data, config["channels"], _size(config))
-        _, _, test = datasets.splits(
-            dataset, config["validation"], config["test_fraction"], config["seed"]
-        )
+        _, _, test = datasets.as_trained(args.data, config)
     except (OSError, KeyError, json.JSONDecodeError, datasets.DataError) as e:
         print(f"vae-eval: error: {e}", file=sys.stderr)
         return 1
@@ -179,11 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     result["binarization"] = "dynamic" if binarize else "none"
     print(json.dumps({"measured": result, "manifest": recorded}, indent=2))
     return 0
-
-
-def _size(config: dict[str, Any]) -> tuple[int, int] | None:
-    size = config.get("image_size")
-    return (size[0], size[1]) if size else None
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ from tqdm import tqdm
 from trainer import data as datasets
 from trainer import report, store
 from trainer.config import TrainConfig
-from trainer.evaluate import Graphs, calibrate, evaluate, prepare, serving_elbo
+from trainer.evaluate import Graphs, evaluate, prepare
 from trainer.export import OPSET, ExportError, export
 from trainer.likelihood import LIKELIHOODS, Likelihood, mean
 from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
+from trainer.scores import anomaly_scores, calibrate
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -49,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--channels", type=int, choices=[1, 3], default=d.channels)
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train on these labels only (IDX label files next to the images)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -273,9 +281,7 @@ def publish(
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
-        held_out = serving_elbo(
-            graphs.encode, graphs.decode, likelihood, prepare(validation, False, c.seed)
-        )
+        held_out = anomaly_scores(graphs.encode, graphs.decode, likelihood, validation)
         shape = Shape(*train.shape[1:])
         manifest = {
             "format_version": 1,
@@ -313,7 +319,7 @@ def publish(
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
-            "calibration": calibrate(held_out, seed=0),
+            "calibration": calibrate(held_out),
         }
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if c.report:
@@ -353,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         size = (c.image_size[0], c.image_size[1]) if c.image_size else None
         dataset = datasets.load(c.data, c.channels, size)
+        if c.classes is not None:
+            dataset = datasets.select(dataset, c.classes)
         splits = datasets.splits(dataset, c.validation, c.test_fraction, c.seed)
         run_dir = Path(c.checkpoint_dir or Path("runs") / Path(c.out).name)
         run_dir.mkdir(parents=True, exist_ok=True)

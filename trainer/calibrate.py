@@ -1,0 +1,78 @@
+"""Recompute the anomaly calibration of a published version and rewrite its manifest.
+
+For versions published before a score existed: the held-out validation split is
+drawn again exactly as training drew it (the manifest's training config), scored
+on the exported graphs as the service scores, and `calibration` is replaced.
+The graph files and their sha256 are left as they are; the manifest is written
+to a temporary file beside it and renamed over it, so a reader sees either the
+old manifest or the new one.
+
+    vae-calibrate model_store/mnist/1 --data ../shared/data/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainer import data as datasets
+from trainer.evaluate import Graphs
+from trainer.scores import IW_K, anomaly_scores, calibrate
+
+
+def recalibrate(
+    version_dir: Path, data: str, k: int = IW_K, threads: int | None = None
+) -> dict[str, Any]:
+    """The new `calibration` of a version, from its validation split."""
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    _, validation, _ = datasets.as_trained(data, manifest["training"])
+    graphs = Graphs(version_dir, threads)
+    scores = anomaly_scores(graphs.encode, graphs.decode, manifest["likelihood"], validation, k=k)
+    return calibrate(scores, k)
+
+
+def rewrite(version_dir: Path, calibration: dict[str, Any]) -> None:
+    """Replace the manifest's calibration atomically (temp file in the folder, os.replace)."""
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["calibration"] = calibration
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=version_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the service may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vae-calibrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("version_dir", type=Path, help="a store version: model_store/mnist/1")
+    parser.add_argument("--data", required=True, help="the dataset the model was trained on")
+    parser.add_argument("--k", type=int, default=IW_K, help=f"iwae samples (default {IW_K})")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    try:
+        calibration = recalibrate(args.version_dir, args.data, args.k, args.threads)
+        rewrite(args.version_dir, calibration)
+    except (OSError, KeyError, json.JSONDecodeError, datasets.DataError) as e:
+        print(f"vae-calibrate: error: {e}", file=sys.stderr)
+        return 1
+    summary = {"elbo_median": calibration["elbo_quantiles"][calibration["levels"].index(0.5)]}
+    for name, entry in calibration.get("scores", {}).items():
+        summary[f"{name}_median"] = entry["quantiles"][calibration["levels"].index(0.5)]
+    print(json.dumps({"calibrated": str(args.version_dir), "n": calibration["n"], **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
