@@ -86,3 +86,13 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
         kl=kl,
         bits_per_dim=vae.bits_per_dim(bound, size),
     )
+
+
+async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, C, H, W) -> the pixel means decoded at z = mean (N, C, H, W) and
+    -log p(x_i|z) per pixel, summed over channels (N, H, W): where x departs from the model."""
+    manifest = mv.manifest
+    mean, _ = await mv.encoder.submit(x)
+    (logits,) = await mv.decoder.submit(mean)
+    terms = vae.log_likelihood_terms(x, logits, manifest.likelihood)  # (N, C, H, W)
+    return vae.pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)

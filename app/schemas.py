@@ -76,11 +76,21 @@ class ElboResult(BaseModel):
     reconstruction: float = Field(description="E_q log p(x|z), mean over the k samples, nats.")
     kl: float = Field(description="KL(q(z|x) || p(z)), closed form, nats.")
     bits_per_dim: float = Field(description="-elbo / (D ln 2).")
-    anomaly_score: float = Field(description="Higher is more anomalous: -elbo.")
-    percentile: float | None = Field(
-        description="Where elbo sits among held-out normal images, 0-100; null without calibration."
+    anomaly_score: float = Field(
+        description="Higher is more anomalous. elbo and iwae: -elbo; "
+        "complexity: -elbo - ln 2 · complexity_bits."
     )
-    is_anomaly: bool | None = Field(description="elbo < threshold; null without calibration.")
+    complexity_bits: float | None = Field(
+        None, description="L(x), the PNG code length of the image in bits (score=complexity)."
+    )
+    percentile: float | None = Field(
+        description="Percentage of held-out normal images that score at least as anomalous, "
+        "0-100 (low is unusual; for elbo, where the ELBO sits among theirs); null without "
+        "a calibration of the score."
+    )
+    is_anomaly: bool | None = Field(
+        description="anomaly_score > anomaly_threshold; null without a calibration of the score."
+    )
 
 
 class ElboResponse(BaseModel):
@@ -93,6 +103,7 @@ class ElboResponse(BaseModel):
             "score": "elbo",
             "fpr": 0.01,
             "threshold": -160.2,
+            "anomaly_threshold": 160.2,
             "results": [
                 {
                     "elbo": -92.4,
@@ -100,6 +111,7 @@ class ElboResponse(BaseModel):
                     "kl": 25.3,
                     "bits_per_dim": 0.17,
                     "anomaly_score": 92.4,
+                    "complexity_bits": None,
                     "percentile": 48.7,
                     "is_anomaly": False,
                 }
@@ -110,10 +122,15 @@ class ElboResponse(BaseModel):
     version: int
     k: int
     seed: int
-    score: str
+    score: str = Field(description="elbo, iwae or complexity.")
     fpr: float
     threshold: float | None = Field(
-        description="ELBO quantile of held-out normal images at level fpr; null without one."
+        description="score=elbo only: the ELBO quantile of held-out normal images at level "
+        "fpr (is_anomaly: elbo < threshold); null for other scores or without a calibration."
+    )
+    anomaly_threshold: float | None = Field(
+        description="The anomaly score that held-out normal images exceed with probability "
+        "fpr; null when the manifest does not calibrate the score."
     )
     results: list[ElboResult] = Field(description="One per image, in request order.")
 

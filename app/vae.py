@@ -56,18 +56,23 @@ def _log_cb_normaliser(logits: np.ndarray) -> np.ndarray:
     return result
 
 
+def log_likelihood_terms(x: np.ndarray, logits: np.ndarray, likelihood: Likelihood) -> np.ndarray:
+    """log p(x_i|z) per value, float64; x and logits broadcast against each other."""
+    xs = x.astype(np.float64)
+    ls = logits.astype(np.float64)
+    terms: np.ndarray = xs * ls - _softplus(ls)
+    if likelihood == "continuous_bernoulli":
+        terms = terms + _log_cb_normaliser(ls)
+    return terms
+
+
 def log_likelihood(x: np.ndarray, logits: np.ndarray, likelihood: Likelihood) -> np.ndarray:
     """log p(x|z) summed over the last axis (the D values of an image).
 
     x (..., D) in [0, 1] and logits (..., D) broadcast against each other,
     e.g. x (N, 1, D) against the logits of k samples (N, k, D) -> (N, k).
     """
-    xs = x.astype(np.float64)
-    ls = logits.astype(np.float64)
-    terms = xs * ls - _softplus(ls)
-    if likelihood == "continuous_bernoulli":
-        terms = terms + _log_cb_normaliser(ls)
-    result: np.ndarray = terms.sum(axis=-1)
+    result: np.ndarray = log_likelihood_terms(x, logits, likelihood).sum(axis=-1)
     return result
 
 

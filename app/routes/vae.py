@@ -1,4 +1,4 @@
-"""The model-bound endpoints: /encode, /decode, /sample, /elbo."""
+"""The model-bound endpoints: /encode, /decode, /sample, /elbo, /elbo/map."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app import inference, vae
+from app import inference, scores
 from app.deps import ModelDep, SettingsDep
 from app.errors import Unprocessable
 from app.images import encode_png
@@ -24,6 +25,7 @@ from app.schemas import (
     PixelsResponse,
     SampleResponse,
 )
+from app.scores import Score
 
 router = APIRouter(tags=["vae"], route_class=SummaryRoute)
 
@@ -192,8 +194,13 @@ async def elbo(
     mv: ModelDep,
     settings: SettingsDep,
     k: Annotated[
-        int, Query(ge=1, description="Importance samples; k > 1 gives the IWAE bound.")
-    ] = 1,
+        int | None,
+        Query(
+            ge=1,
+            description="Importance samples; k > 1 gives the IWAE bound. Default: the k the "
+            "score was calibrated at (elbo and complexity: 1; iwae: the manifest's, e.g. 64).",
+        ),
+    ] = None,
     seed: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="Noise seed; fixed so scores repeat.")
     ] = 0,
@@ -202,32 +209,44 @@ async def elbo(
         Query(
             ge=0,
             le=1,
-            description="False-positive rate the threshold is set for. The calibration was "
-            "measured at the manifest's calibration.k (1): compare scores at that k.",
+            description="False-positive rate the threshold is set for, on held-out normal "
+            "images. Thresholds hold at the score's calibrated k: compare scores at that k.",
         ),
     ] = 0.01,
-    score: Annotated[Literal["elbo"], Query(description="The statistic scored.")] = "elbo",
+    score: Annotated[
+        Score,
+        Query(
+            description="The anomaly score: elbo (-ELBO), iwae (minus the importance-weighted "
+            "bound) or complexity (-ELBO minus the PNG code length in nats; robust to simple "
+            "images a likelihood rates too highly). See docs/manifest.md."
+        ),
+    ] = "elbo",
     resize: Resize = False,
 ) -> Response:
-    """Score images: ELBO, reconstruction, KL, bits/dim and an anomaly flag per image."""
+    """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
+    calibration = mv.manifest.calibration
+    k = scores.default_k(calibration, score) if k is None else k
     if k > settings.max_k:
         raise Unprocessable(f"k={k} is above the limit of {settings.max_k}")
     x = await read_images(request, mv.manifest, settings, resize=resize)
-    scores = await inference.elbo(mv, x, k=k, seed=seed)
-    calibration = mv.manifest.calibration
-    threshold = None if calibration is None else vae.threshold(calibration, fpr)
-    percentiles = None if calibration is None else vae.percentile(calibration, scores.elbo)
+    bounds = await inference.elbo(mv, x, k=k, seed=seed)
+    # PNG compression is blocking CPU work: off the event loop.
+    bits = await run_in_threadpool(scores.png_bits, x) if score == "complexity" else None
+    anomaly = scores.anomaly(bounds.elbo, bits)
+    limit = scores.threshold(calibration, score, fpr)
+    percentiles = scores.percentile(calibration, score, anomaly)
     results = []
-    for i, bound in enumerate(scores.elbo.tolist()):
+    for i, bound in enumerate(bounds.elbo.tolist()):
         results.append(
             {
                 "elbo": bound,
-                "reconstruction": float(scores.reconstruction[i]),
-                "kl": float(scores.kl[i]),
-                "bits_per_dim": float(scores.bits_per_dim[i]),
-                "anomaly_score": -bound,
+                "reconstruction": float(bounds.reconstruction[i]),
+                "kl": float(bounds.kl[i]),
+                "bits_per_dim": float(bounds.bits_per_dim[i]),
+                "anomaly_score": float(anomaly[i]),
+                "complexity_bits": None if bits is None else float(bits[i]),
                 "percentile": None if percentiles is None else float(percentiles[i]),
-                "is_anomaly": None if threshold is None else bound < threshold,
+                "is_anomaly": None if limit is None else bool(anomaly[i] > limit),
             }
         )
     return NumpyJSON(
@@ -238,7 +257,29 @@ async def elbo(
             "seed": seed,
             "score": score,
             "fpr": fpr,
-            "threshold": threshold,
+            # The ELBO threshold of score=elbo, as before scores had calibrations of their own.
+            "threshold": None if limit is None or score != "elbo" else -limit,
+            "anomaly_threshold": limit,
             "results": results,
         }
     )
+
+
+@router.post(
+    "/elbo/map",
+    responses={200: {"description": "An RGB PNG.", "content": {"image/png": {}}}, **_ERRORS},
+    openapi_extra=_IMAGES_BODY,
+)
+async def elbo_map(
+    request: Request,
+    mv: ModelDep,
+    settings: SettingsDep,
+    zoom: Annotated[int, Query(ge=1, le=16, description="Pixels per image pixel.")] = 4,
+    resize: Resize = False,
+) -> Response:
+    """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
+    x = await read_images(request, mv.manifest, settings, resize=resize)
+    means, nats = await inference.reconstruct(mv, x)
+    png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
+    headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+    return Response(png, media_type="image/png", headers=headers)
