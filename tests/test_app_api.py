@@ -307,8 +307,8 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> N
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/encode", "/decode", "/sample", "/elbo", "/models", "/models/{name}",
-                 "/healthz", "/readyz", "/metrics", "/admin/reload"):  # fmt: skip
+    for path in ("/encode", "/decode", "/sample", "/elbo", "/elbo/map", "/models",
+                 "/models/{name}", "/healthz", "/readyz", "/metrics", "/admin/reload"):  # fmt: skip
         assert path in paths, path
     encode = paths["/encode"]["post"]
     assert encode["summary"].startswith("Encode images")
@@ -318,6 +318,9 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> N
     assert {p["name"] for p in encode["parameters"]} >= {"model", "version", "sample", "seed"}
     assert "examples" in spec["components"]["schemas"]["ElboResponse"]
     assert "image/png" in paths["/sample"]["get"]["responses"]["200"]["content"]
+    assert "image/png" in paths["/elbo/map"]["post"]["responses"]["200"]["content"]
+    elbo = {p["name"]: p for p in paths["/elbo"]["post"]["parameters"]}
+    assert elbo["score"]["schema"]["enum"] == ["elbo", "iwae", "complexity"]
 
 
 # -- bad input: a clear 4xx with a detail, never a 500 -------------------------------------
@@ -366,6 +369,9 @@ BAD_REQUESTS = [  # (method, url, request, status, a phrase of the detail)
     ("post", "/encode?resize=true", files(BIG_PNG), 413, "300×300"),
     ("get", "/sample?n=9", {}, 422, "n=9 is above the limit of 8"),
     ("post", "/elbo?k=17", raw(npy(ZEROS)), 422, "k=17 is above the limit of 16"),
+    # score=iwae defaults to its calibrated k (64), which this service's limit refuses.
+    ("post", "/elbo?score=iwae", raw(npy(ZEROS)), 422, "k=64 is above the limit of 16"),
+    ("post", "/elbo/map", raw(b"x", "text/csv"), 415, "'text/csv' is not supported"),
     ("get", "/sample?model=fashion", {}, 404, "no model named 'fashion'"),
     ("get", "/sample?version=7", {}, 404, "no version 7"),
     ("get", "/sample?seed=-1", {}, 422, "greater than or equal to 0"),
