@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +42,14 @@ STEPS = {
     "response JSON (orjson)": r"^NumpyJSON\.render ",
     "logging a traceback (clients that left)": r"\(traceback\.py:",
 }
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all threads) or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summarise(raw: str, seconds: float, rate: int) -> list[str]:
@@ -107,17 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         body = Body(None) if body_name is None else bodies[body_name]
         raw_path = args.out or Path(tmp) / "stacks.raw"
         with running(server, logs) as process:
-            wrk(server.url + path, body, connections=args.connections, seconds=1)  # warm-up
-            loads: list[Load] = []
+            url, pid = server.url + path, process.pid
+            wrk(url, body, connections=args.connections, seconds=1)  # warm-up
+            # First without py-spy: throughput and CPU per request, unperturbed.
+            loop0, all0 = cpu_seconds(pid, pid), cpu_seconds(pid)
+            clean = wrk(url, body, connections=args.connections, seconds=args.seconds)
+            loop_us = 1e6 * (cpu_seconds(pid, pid) - loop0) / clean.requests
+            all_us = 1e6 * (cpu_seconds(pid) - all0) / clean.requests
+            sampled: list[Load] = []
             load = threading.Thread(
-                target=lambda: loads.append(
-                    wrk(server.url + path, body, connections=args.connections,
-                        seconds=args.seconds + 2)
+                target=lambda: sampled.append(
+                    wrk(url, body, connections=args.connections, seconds=args.seconds + 2)
                 )
-            )  # fmt: skip
+            )
             load.start()
             subprocess.run(
-                [str(bin_dir / "py-spy"), "record", "--pid", str(process.pid), "--duration",
+                [str(bin_dir / "py-spy"), "record", "--pid", str(pid), "--duration",
                  str(args.seconds), "--rate", str(args.rate), "--nonblocking", "--threads",
                  "--format", "raw", "--output", str(raw_path)],
                 check=True, capture_output=True, timeout=args.seconds + 60,
@@ -125,8 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             load.join()
         raw = raw_path.read_text()
     title = f"## {args.case}, {args.connections} connections, {' '.join(args.env) or 'defaults'}"
-    print(title, "", f"{loads[0].rps:,.0f} req/s under py-spy (p99 {loads[0].p99_ms:.1f} ms)", "",
-          *summarise(raw, args.seconds, args.rate), sep="\n")  # fmt: skip
+    print(
+        title,
+        "",
+        f"Without py-spy: {clean.rps:,.0f} req/s, p99 {clean.p99_ms:.1f} ms; CPU per request: "
+        f"{loop_us:,.0f} µs on the event-loop thread, {all_us:,.0f} µs in the whole process.",
+        f"Under py-spy: {sampled[0].rps:,.0f} req/s.",
+        "",
+        *summarise(raw, args.seconds, args.rate),
+        sep="\n",
+    )
     return 0
 
 
