@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from app.batcher import BatcherClosed, QueueFull
 
@@ -92,6 +93,12 @@ async def _closed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body arrived: no one reads an answer, and it is no
+    server fault, so no traceback and no 500 (499 is nginx's "client closed request")."""
+    return Response(status_code=499)
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal error; see the server log"}, 500)
@@ -102,4 +109,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(BatcherClosed, _closed)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -443,3 +444,32 @@ def test_an_api_key_guards_everything_but_the_health_checks(model_store: Path) -
         spec = client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()
         assert "apiKey" in spec["components"]["securitySchemes"]
         assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_a_client_that_hangs_up_mid_upload_is_no_server_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Starlette raises ClientDisconnect when the body is read after the client left."""
+    app = client.app
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/encode", "raw_path": b"/encode", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/x-npy"),
+                                     (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {},
+    }  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        portal(client).call(app, scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    metrics = client.get("/metrics").text
+    assert 'status="500"' not in metrics
