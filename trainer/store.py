@@ -36,11 +36,16 @@ def staging(model_dir: Path, version: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
 
 
+def discard(staged: Path) -> None:
+    """Remove a staged version that will not be published."""
+    shutil.rmtree(staged, ignore_errors=True)
+
+
 def publish(staged: Path, model_dir: Path, version: int) -> Path:
     """Rename the staged folder into place: readers see the whole version or none of it."""
     final = model_dir / str(version)
     if final.exists():
-        shutil.rmtree(staged, ignore_errors=True)
+        discard(staged)
         raise FileExistsError(f"{final} already exists; versions are never overwritten")
     os.chmod(staged, 0o755)  # mkdtemp makes it 0700
     os.rename(staged, final)

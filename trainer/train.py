@@ -325,9 +325,7 @@ def publish(
         if c.report:
             _write_report(staged / "report", graphs, likelihood, test, state.history, c.seed)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
+        store.discard(staged)  # half a version never stays behind, even on Ctrl-C
         raise
     return store.publish(staged, model_dir, version)
 
