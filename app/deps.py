@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -11,12 +10,14 @@ from app.config import MODEL_NAME, Settings
 from app.registry import ModelVersion, Registry
 
 
-def get_registry(request: Request) -> Registry:
+# Async although they never await: FastAPI runs a plain `def` dependency in its
+# thread pool, a hop that costs more loop time than the attribute read itself.
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -25,8 +26,8 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-async def leased_version(
-    registry: RegistryDep,
+async def model_version(
+    request: Request,
     model: Annotated[
         str | None,
         Query(
@@ -39,13 +40,17 @@ async def leased_version(
     version: Annotated[
         int | None, Query(ge=1, description="Model version; the newest when omitted.")
     ] = None,
-) -> AsyncIterator[ModelVersion]:
-    """The requested model version, leased for the request so a hot reload
-    cannot retire it mid-request. Async so it runs on the event loop, which
-    owns the lease counts."""
-    mv = registry.resolve(model, version)
-    with mv.lease():
-        yield mv
+) -> ModelVersion:
+    """The requested model version. Endpoints hold `mv.lease()` while they use it, so
+    a hot reload cannot retire it mid-request.
+
+    Not a `yield` dependency holding the lease itself: FastAPI's exit-stack
+    machinery for one cost more event-loop time per request than the whole
+    batched model call (bench/profile.md). Nothing awaits between this and the
+    endpoint's lease; if a reload retires the version anyway, the batcher
+    answers 503 with Retry-After."""
+    registry: Registry = request.app.state.registry
+    return registry.resolve(model, version)
 
 
-ModelDep = Annotated[ModelVersion, Depends(leased_version)]
+ModelDep = Annotated[ModelVersion, Depends(model_version)]

@@ -42,6 +42,9 @@ class Metrics:
         self.inference = histogram(
             "vae_inference_duration_seconds", "One ONNX Runtime call.", graph, _FAST_BUCKETS
         )
+        self.in_flight = Gauge(
+            "vae_http_requests_in_flight", "Requests received and not yet answered.", registry=r
+        )
         self.versions_loaded = Gauge(
             "vae_model_versions_loaded", "Model versions being served.", registry=r
         )
@@ -91,9 +94,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             labels = (endpoint, str(status))

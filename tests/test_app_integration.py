@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +142,43 @@ def test_a_version_added_to_the_store_is_served_without_a_restart(
         body = npy(digits[:1])
         assert http.post("/encode", content=body, headers=NPY).json()["version"] == 2
         assert http.post("/encode?version=1", content=body, headers=NPY).json()["version"] == 1
+
+
+def test_a_slow_upload_keeps_its_version_through_a_reload(
+    model_store: Path, tmp_path: Path, digits: np.ndarray
+) -> None:
+    """A request leases its version when it starts: a reload that retires that version
+    while the body is still arriving waits for it, instead of stopping its batchers."""
+    store = tmp_path / "model_store"
+    shutil.copytree(model_store, store)
+    with (
+        serve(store, tmp_path, VAE_RELOAD_INTERVAL_S="0") as served,
+        httpx.Client(base_url=served.url, timeout=30) as http,
+    ):
+        body = npy(digits[:2])
+        host, port = served.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as upload:
+            upload.sendall(
+                b"POST /elbo HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-npy\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body[:200]
+            )
+            deadline = time.monotonic() + 30
+            while metric(http.get("/metrics").text, "vae_http_requests_in_flight") < 2:
+                assert time.monotonic() < deadline, "the upload never reached the app"
+                time.sleep(0.05)  # 2: the upload, and this /metrics request
+
+            copy_version(store / "mnist" / "1", store, 2)
+            shutil.rmtree(store / "mnist" / "1")
+            report = http.post("/admin/reload").json()
+            assert report["loaded"] == ["mnist/2"] and report["retired"] == ["mnist/1"]
+            assert http.post("/encode", content=npy(digits[:1]), headers=NPY).json()["version"] == 2
+
+            upload.sendall(body[200:])
+            answer = b""
+            while chunk := upload.recv(65536):
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer[:500]
+        assert json.loads(payload)["version"] == 1
+        assert len(json.loads(payload)["results"]) == 2

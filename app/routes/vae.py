@@ -140,17 +140,19 @@ async def encode(
     resize: Resize = False,
 ) -> Response:
     """Encode images to q(z|x): mean and log_var per image, and z with sample=true."""
-    x = await read_images(request, mv.manifest, settings, resize=resize)
-    encoded = await inference.encode(mv, x, sample=sample, seed=seed)
-    # orjson writes numpy rows directly, but only C-contiguous ones.
-    means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
-    results: list[dict[str, np.ndarray]] = [
-        {"mean": mean, "log_var": log_var} for mean, log_var in zip(means, log_vars, strict=True)
-    ]
-    if encoded.z is not None:
-        for result, z in zip(results, np.ascontiguousarray(encoded.z), strict=True):
-            result["z"] = z
-    return NumpyJSON({"model": mv.name, "version": mv.version, "results": results})
+    with mv.lease():
+        x = await read_images(request, mv.manifest, settings, resize=resize)
+        encoded = await inference.encode(mv, x, sample=sample, seed=seed)
+        # orjson writes numpy rows directly, but only C-contiguous ones.
+        means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
+        results: list[dict[str, np.ndarray]] = [
+            {"mean": mean, "log_var": log_var}
+            for mean, log_var in zip(means, log_vars, strict=True)
+        ]
+        if encoded.z is not None:
+            for result, z in zip(results, np.ascontiguousarray(encoded.z), strict=True):
+                result["z"] = z
+        return NumpyJSON({"model": mv.name, "version": mv.version, "results": results})
 
 
 @router.post(
@@ -163,9 +165,10 @@ async def decode(
     request: Request, mv: ModelDep, settings: SettingsDep, format: Format = "png"
 ) -> Response:
     """Decode latents to pixel means: a PNG (a grid for several) or JSON."""
-    z = await read_latents(request, mv.manifest.latent_dim, settings)
-    pixels = await inference.decode(mv, z)
-    return _pixels(mv, pixels, format)
+    with mv.lease():
+        z = await read_latents(request, mv.manifest.latent_dim, settings)
+        pixels = await inference.decode(mv, z)
+        return _pixels(mv, pixels, format)
 
 
 @router.get("/sample", response_model=SampleResponse, responses=_png_or_json(SampleResponse))
@@ -180,12 +183,13 @@ async def sample(
     format: Format = "png",
 ) -> Response:
     """Draw n images from the prior: decode z ~ N(0, temperature² I)."""
-    if n > settings.max_samples:
-        raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
-    seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
-    z = inference.prior(seed, n, mv.manifest.latent_dim, temperature)
-    pixels = await inference.decode(mv, z)
-    return _pixels(mv, pixels, format, seed=seed, temperature=temperature, z=z)
+    with mv.lease():
+        if n > settings.max_samples:
+            raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
+        seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
+        z = inference.prior(seed, n, mv.manifest.latent_dim, temperature)
+        pixels = await inference.decode(mv, z)
+        return _pixels(mv, pixels, format, seed=seed, temperature=temperature, z=z)
 
 
 @router.post("/elbo", response_model=ElboResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY)
@@ -224,45 +228,46 @@ async def elbo(
     resize: Resize = False,
 ) -> Response:
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
-    calibration = mv.manifest.calibration
-    k = scores.default_k(calibration, score) if k is None else k
-    if k > settings.max_k:
-        raise Unprocessable(f"k={k} is above the limit of {settings.max_k}")
-    x = await read_images(request, mv.manifest, settings, resize=resize)
-    bounds = await inference.elbo(mv, x, k=k, seed=seed)
-    # PNG compression is blocking CPU work: off the event loop.
-    bits = await run_in_threadpool(scores.png_bits, x) if score == "complexity" else None
-    anomaly = scores.anomaly(bounds.elbo, bits)
-    limit = scores.threshold(calibration, score, fpr)
-    percentiles = scores.percentile(calibration, score, anomaly)
-    results = []
-    for i, bound in enumerate(bounds.elbo.tolist()):
-        results.append(
+    with mv.lease():
+        calibration = mv.manifest.calibration
+        k = scores.default_k(calibration, score) if k is None else k
+        if k > settings.max_k:
+            raise Unprocessable(f"k={k} is above the limit of {settings.max_k}")
+        x = await read_images(request, mv.manifest, settings, resize=resize)
+        bounds = await inference.elbo(mv, x, k=k, seed=seed)
+        # PNG compression is blocking CPU work: off the event loop.
+        bits = await run_in_threadpool(scores.png_bits, x) if score == "complexity" else None
+        anomaly = scores.anomaly(bounds.elbo, bits)
+        limit = scores.threshold(calibration, score, fpr)
+        percentiles = scores.percentile(calibration, score, anomaly)
+        results = []
+        for i, bound in enumerate(bounds.elbo.tolist()):
+            results.append(
+                {
+                    "elbo": bound,
+                    "reconstruction": float(bounds.reconstruction[i]),
+                    "kl": float(bounds.kl[i]),
+                    "bits_per_dim": float(bounds.bits_per_dim[i]),
+                    "anomaly_score": float(anomaly[i]),
+                    "complexity_bits": None if bits is None else float(bits[i]),
+                    "percentile": None if percentiles is None else float(percentiles[i]),
+                    "is_anomaly": None if limit is None else bool(anomaly[i] > limit),
+                }
+            )
+        return NumpyJSON(
             {
-                "elbo": bound,
-                "reconstruction": float(bounds.reconstruction[i]),
-                "kl": float(bounds.kl[i]),
-                "bits_per_dim": float(bounds.bits_per_dim[i]),
-                "anomaly_score": float(anomaly[i]),
-                "complexity_bits": None if bits is None else float(bits[i]),
-                "percentile": None if percentiles is None else float(percentiles[i]),
-                "is_anomaly": None if limit is None else bool(anomaly[i] > limit),
+                "model": mv.name,
+                "version": mv.version,
+                "k": k,
+                "seed": seed,
+                "score": score,
+                "fpr": fpr,
+                # The ELBO threshold of score=elbo, as before scores had calibrations of their own.
+                "threshold": None if limit is None or score != "elbo" else -limit,
+                "anomaly_threshold": limit,
+                "results": results,
             }
         )
-    return NumpyJSON(
-        {
-            "model": mv.name,
-            "version": mv.version,
-            "k": k,
-            "seed": seed,
-            "score": score,
-            "fpr": fpr,
-            # The ELBO threshold of score=elbo, as before scores had calibrations of their own.
-            "threshold": None if limit is None or score != "elbo" else -limit,
-            "anomaly_threshold": limit,
-            "results": results,
-        }
-    )
 
 
 @router.post(
@@ -278,8 +283,9 @@ async def elbo_map(
     resize: Resize = False,
 ) -> Response:
     """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
-    x = await read_images(request, mv.manifest, settings, resize=resize)
-    means, nats = await inference.reconstruct(mv, x)
-    png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
-    headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
-    return Response(png, media_type="image/png", headers=headers)
+    with mv.lease():
+        x = await read_images(request, mv.manifest, settings, resize=resize)
+        means, nats = await inference.reconstruct(mv, x)
+        png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
+        headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+        return Response(png, media_type="image/png", headers=headers)
