@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
@@ -107,8 +108,35 @@ def decode_images(
     )
 
 
+# The header numpy writes for a C-ordered little-endian number array, format 1.0:
+# magic, version, header length (uint16 LE), then a dict literal padded to 64 bytes.
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<|][uif][1248])', 'fortran_order': False, "
+    rb"'shape': \(((?:\d+, )*\d+|\d+,|)\), \} *\n"
+)
+
+
+def _load_npy_fast(body: bytes) -> np.ndarray | None:
+    """The common .npy, read without `np.load`, whose `ast.literal_eval` of the header
+    was a fifth of the loop's time per one-image request; None for anything else."""
+    if body[:8] != b"\x93NUMPY\x01\x00" or len(body) < 10:
+        return None
+    offset = 10 + int.from_bytes(body[8:10], "little")
+    match = _NPY_HEADER.fullmatch(body, 10, offset)
+    if match is None:
+        return None
+    dtype = np.dtype(match[1].decode())
+    shape = tuple(int(d) for d in match[2].split(b",") if d.strip())
+    if len(body) - offset != math.prod(shape) * dtype.itemsize:
+        return None  # truncated or padded: np.load words the error
+    return np.frombuffer(body, dtype, offset=offset).reshape(shape)
+
+
 def load_npy(body: bytes) -> np.ndarray:
-    """A .npy file -> array; never unpickles."""
+    """A .npy file -> array; never unpickles. The array may be read-only."""
+    fast = _load_npy_fast(body)
+    if fast is not None:
+        return fast
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except ValueError as exc:

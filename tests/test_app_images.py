@@ -146,6 +146,33 @@ def test_npy_round_trips_and_never_unpickles() -> None:
         load_npy(b"\x93NUMPY garbage")
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(784, dtype=np.uint8).reshape(1, 28, 28),
+        np.linspace(0, 1, 2 * 784, dtype=np.float32).reshape(2, 1, 28, 28),
+        np.arange(5.0),  # 1-d: shape "(5,)"
+        np.array(0.5),  # 0-d: shape "()"
+        np.zeros((0, 28, 28), np.uint8),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),  # np.load's path from here on
+        np.arange(6, dtype=">f4").reshape(2, 3),
+        np.zeros(3, dtype=[("a", "<f4")]),
+    ],
+    ids=["uint8", "float32", "1-d", "0-d", "empty", "fortran", "big-endian", "structured"],
+)
+def test_npy_reads_like_np_load(array: np.ndarray) -> None:
+    loaded = load_npy(npy(array))
+    assert loaded.dtype == array.dtype and loaded.shape == array.shape
+    np.testing.assert_array_equal(loaded, array)
+
+
+def test_npy_with_missing_or_extra_bytes_is_refused() -> None:
+    body = npy(digit(shape=(1, 28, 28)))
+    with pytest.raises(BadRequest, match=r"\.npy"):
+        load_npy(body[:-1])
+    assert load_npy(body + b"\0").shape == (1, 28, 28)  # np.load ignores a tail, as before
+
+
 def model_input(array: np.ndarray, spec: InputSpec = GREY, **kwargs: bool) -> np.ndarray:
     return to_model_input(
         array, spec, scale=255.0, max_images=4, resize=kwargs.get("resize", False)
