@@ -119,9 +119,9 @@ class Batcher:
         self._queue.extend(chunks)
         self._queued_rows += rows
         self._arrived.set()
+        if len(chunks) == 1:  # the common case, without gather's bookkeeping
+            return await chunks[0].future
         parts = await asyncio.gather(*(chunk.future for chunk in chunks))
-        if len(parts) == 1:
-            return parts[0]
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
     async def _serve(self) -> None:
