@@ -1,7 +1,16 @@
-"""Dependencies the routes declare; tests may swap them via `app.dependency_overrides`."""
+"""What routes share: the registry and settings, and the model a request names.
+
+The model-bound routes are the hot path, so they take no dependencies: FastAPI
+solves each one per request (its own parameters, its sub-dependencies, an exit
+stack for `yield`), and on /encode that cost more event-loop time than the
+batched model call (bench/profile.md). They declare `model` and `version` as
+plain query parameters and hold the version with `leased(...)`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -26,31 +35,28 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-async def model_version(
-    request: Request,
-    model: Annotated[
-        str | None,
-        Query(
-            description="Model name; the configured default (VAE_DEFAULT_MODEL) when omitted.",
-            pattern=f"^{MODEL_NAME.pattern}$",
-            max_length=100,
-            examples=["mnist"],
-        ),
-    ] = None,
-    version: Annotated[
-        int | None, Query(ge=1, description="Model version; the newest when omitted.")
-    ] = None,
-) -> ModelVersion:
-    """The requested model version. Endpoints hold `mv.lease()` while they use it, so
-    a hot reload cannot retire it mid-request.
+ModelName = Annotated[
+    str | None,
+    Query(
+        description="Model name; the configured default (VAE_DEFAULT_MODEL) when omitted.",
+        pattern=f"^{MODEL_NAME.pattern}$",
+        max_length=100,
+        examples=["mnist"],
+    ),
+]
+Version = Annotated[int | None, Query(ge=1, description="Model version; the newest when omitted.")]
 
-    Not a `yield` dependency holding the lease itself: FastAPI's exit-stack
-    machinery for one cost more event-loop time per request than the whole
-    batched model call (bench/profile.md). Nothing awaits between this and the
-    endpoint's lease; if a reload retires the version anyway, the batcher
-    answers 503 with Retry-After."""
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@contextmanager
+def leased(request: Request, model: str | None, version: int | None) -> Iterator[ModelVersion]:
+    """The requested model version, leased for the request so a hot reload cannot
+    retire it mid-request. Resolving and leasing are one step: no await between."""
     registry: Registry = request.app.state.registry
-    return registry.resolve(model, version)
-
-
-ModelDep = Annotated[ModelVersion, Depends(model_version)]
+    mv = registry.resolve(model, version)
+    with mv.lease():
+        yield mv

@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app import inference, scores
-from app.deps import ModelDep, SettingsDep
+from app.deps import ModelName, Version, leased, settings_of
 from app.errors import Unprocessable
 from app.images import encode_png
 from app.inputs import NPY, read_images, read_latents
 from app.registry import ModelVersion
-from app.routes import SummaryRoute
+from app.routes import QueryRoute
 from app.schemas import (
     ElboResponse,
     EncodeResponse,
@@ -27,7 +27,7 @@ from app.schemas import (
 )
 from app.scores import Score
 
-router = APIRouter(tags=["vae"], route_class=SummaryRoute)
+router = APIRouter(tags=["vae"], route_class=QueryRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorDetail, "description": text}
@@ -133,14 +133,15 @@ def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Res
 )
 async def encode(
     request: Request,
-    mv: ModelDep,
-    settings: SettingsDep,
+    model: ModelName = None,
+    version: Version = None,
     sample: Annotated[bool, Query(description="Also draw z = mean + std·eps per image.")] = False,
     seed: Seed = None,
     resize: Resize = False,
 ) -> Response:
     """Encode images to q(z|x): mean and log_var per image, and z with sample=true."""
-    with mv.lease():
+    settings = settings_of(request)
+    with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize)
         encoded = await inference.encode(mv, x, sample=sample, seed=seed)
         # orjson writes numpy rows directly, but only C-contiguous ones.
@@ -162,10 +163,11 @@ async def encode(
     openapi_extra=_LATENTS_BODY,
 )
 async def decode(
-    request: Request, mv: ModelDep, settings: SettingsDep, format: Format = "png"
+    request: Request, model: ModelName = None, version: Version = None, format: Format = "png"
 ) -> Response:
     """Decode latents to pixel means: a PNG (a grid for several) or JSON."""
-    with mv.lease():
+    settings = settings_of(request)
+    with leased(request, model, version) as mv:
         z = await read_latents(request, mv.manifest.latent_dim, settings)
         pixels = await inference.decode(mv, z)
         return _pixels(mv, pixels, format)
@@ -173,8 +175,9 @@ async def decode(
 
 @router.get("/sample", response_model=SampleResponse, responses=_png_or_json(SampleResponse))
 async def sample(
-    mv: ModelDep,
-    settings: SettingsDep,
+    request: Request,
+    model: ModelName = None,
+    version: Version = None,
     n: Annotated[int, Query(ge=1, description="How many images (at most VAE_MAX_SAMPLES).")] = 1,
     seed: Seed = None,
     temperature: Annotated[
@@ -183,7 +186,8 @@ async def sample(
     format: Format = "png",
 ) -> Response:
     """Draw n images from the prior: decode z ~ N(0, temperature² I)."""
-    with mv.lease():
+    settings = settings_of(request)
+    with leased(request, model, version) as mv:
         if n > settings.max_samples:
             raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
         seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
@@ -195,8 +199,8 @@ async def sample(
 @router.post("/elbo", response_model=ElboResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY)
 async def elbo(
     request: Request,
-    mv: ModelDep,
-    settings: SettingsDep,
+    model: ModelName = None,
+    version: Version = None,
     k: Annotated[
         int | None,
         Query(
@@ -228,7 +232,8 @@ async def elbo(
     resize: Resize = False,
 ) -> Response:
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
-    with mv.lease():
+    settings = settings_of(request)
+    with leased(request, model, version) as mv:
         calibration = mv.manifest.calibration
         k = scores.default_k(calibration, score) if k is None else k
         if k > settings.max_k:
@@ -277,13 +282,14 @@ async def elbo(
 )
 async def elbo_map(
     request: Request,
-    mv: ModelDep,
-    settings: SettingsDep,
+    model: ModelName = None,
+    version: Version = None,
     zoom: Annotated[int, Query(ge=1, le=16, description="Pixels per image pixel.")] = 4,
     resize: Resize = False,
 ) -> Response:
     """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
-    with mv.lease():
+    settings = settings_of(request)
+    with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize)
         means, nats = await inference.reconstruct(mv, x)
         png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
