@@ -149,6 +149,27 @@ def test_encode_sample_draws_a_reproducible_z(
     assert unseeded[0] != unseeded[1]
 
 
+def test_encode_answers_npz_to_clients_that_ask(
+    client: TestClient, ref: Reference, mnist: np.ndarray
+) -> None:
+    body = {"content": npy(mnist[:5]), "headers": NPY | {"accept": "application/x-npz"}}
+    response = client.post("/encode?sample=true&seed=3", **body)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-npz"
+    assert response.headers["x-model"] == "mnist" and response.headers["x-model-version"] == "1"
+    arrays = np.load(io.BytesIO(response.content))
+    assert sorted(arrays.files) == ["log_var", "mean", "z"]
+    as_json = results(
+        client.post("/encode?sample=true&seed=3", content=npy(mnist[:5]), headers=NPY)
+    )
+    for key in ("mean", "log_var", "z"):  # the same float32 values as the JSON answer
+        assert arrays[key].dtype == np.float32 and arrays[key].shape == (5, ref.latent_dim)
+        np.testing.assert_array_equal(arrays[key], as_arrays(as_json, key))
+    mean, _ = ref.encode(ref.x(mnist[:5]))
+    np.testing.assert_array_equal(arrays["mean"], mean)
+    plain = np.load(io.BytesIO(client.post("/encode", **body).content))
+    assert sorted(plain.files) == ["log_var", "mean"]  # z only with sample=true
+
+
 def test_resize_true_accepts_other_sizes(client: TestClient, mnist: np.ndarray) -> None:
     big = np.asarray(Image.fromarray(mnist[0]).resize((56, 56)))
     files = {"files": [("images", ("big.png", image_file(big), "image/png"))]}

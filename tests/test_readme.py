@@ -66,3 +66,4 @@ def test_every_api_example_works_against_the_bundled_model(tmp_path: Path) -> No
             )
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert (tmp_path / "decoded.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "encoded.npz").read_bytes()[:2] == b"PK"  # an .npz is a zip

@@ -18,12 +18,15 @@ from app.inputs import NPY, read_images, read_latents
 from app.registry import ModelVersion
 from app.routes import QueryRoute
 from app.schemas import (
+    NPZ,
     ElboResponse,
     EncodeResponse,
     ErrorDetail,
     NumpyJSON,
     PixelsResponse,
     SampleResponse,
+    npz,
+    wants_npz,
 )
 from app.scores import Score
 
@@ -128,8 +131,21 @@ def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Res
     return Response(encode_png(pixels), media_type="image/png", headers=headers)
 
 
+_ENCODE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON; with `Accept: application/x-npz`, one .npz holding mean and "
+        "log_var (and z with sample=true), N×L float32 each.",
+        "content": {NPZ: _BINARY},
+    },
+    **_ERRORS,
+}
+
+
 @router.post(
-    "/encode", response_model=EncodeResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY
+    "/encode",
+    response_model=EncodeResponse,
+    responses=_ENCODE_RESPONSES,
+    openapi_extra=_IMAGES_BODY,
 )
 async def encode(
     request: Request,
@@ -144,6 +160,12 @@ async def encode(
     with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize)
         encoded = await inference.encode(mv, x, sample=sample, seed=seed)
+        if wants_npz(request.headers.get("accept")):
+            arrays = {"mean": encoded.mean, "log_var": encoded.log_var}
+            if encoded.z is not None:
+                arrays["z"] = encoded.z
+            headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+            return npz(arrays, headers)
         # orjson writes numpy rows directly, but only C-contiguous ones.
         means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
         results: list[dict[str, np.ndarray]] = [
