@@ -243,8 +243,8 @@ alike) after an unmeasured warm-up. Latencies are wrk's, per request.
 "mean batch" is rows per encoder call (decoder for /sample), from the
 service's vae_batch_size histogram, scraped before and after the cell.
 
-- vae-serve: `vae-serve` as shipped (defaults: VAE_MAX_BATCH_SIZE=64,
-  VAE_MAX_DELAY_MS=2), access log off (VAE_LOG_LEVEL=warning), no store polling.
+- vae-serve: `vae-serve` as shipped (defaults: VAE_MAX_BATCH_SIZE=256,
+  VAE_MAX_DELAY_MS=0), access log off (VAE_LOG_LEVEL=warning), no store polling.
 - vae-serve, batching off: the same with VAE_MAX_BATCH_SIZE=1, VAE_MAX_DELAY_MS=0.
 - naive: bench/naive_server.py, FastAPI with a sync endpoint taking a JSON list
   of 784 floats, the PyTorch eager encoder (rebuilt layer by layer from the same
