@@ -25,6 +25,7 @@ class Body:
     path: Path | None  # None: a GET without a body
     content_type: str = ""
     images: int = 1  # images (or samples) one request carries
+    accept: str = ""  # the Accept header, when the answer's format is asked for
 
     @property
     def method(self) -> str:
@@ -77,6 +78,7 @@ def wrk(url: str, body: Body, *, connections: int, seconds: int) -> Load:
         "BENCH_METHOD": body.method,
         "BENCH_BODY": str(body.path or ""),
         "BENCH_CONTENT_TYPE": body.content_type,
+        "BENCH_ACCEPT": body.accept,
     }
     command = [
         "wrk",

@@ -31,6 +31,7 @@ CASES = {  # case -> (path, body file); as bench/run.py sends them
     "encode-png": ("/encode", "one.multipart"),
     "elbo-npy": ("/elbo", "one.npy"),
     "encode-bulk": ("/encode", "bulk.npy"),
+    "encode-bulk-npz": ("/encode", "bulk.npy>npz"),
 }
 # Steps of the request path, as frames whose inclusive time the summary reports.
 STEPS = {

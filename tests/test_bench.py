@@ -71,7 +71,7 @@ def test_targets_compare_within_the_run() -> None:
     cells = [
         Cell(SERVICE, "healthz", 32, 1, _load(3000, 20), None),
         Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5),
-        Cell(SERVICE, "encode-bulk", 2, 256, _load(50, 50), 64.0),
+        Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(50, 50), 64.0),
         Cell(UNBATCHED, "encode-npy", 32, 1, _load(1000, 60), 1.0),
         Cell(NAIVE, "encode-json", 32, 1, _load(500, 90), None),
         Cell(BENTO, "encode-json", 32, 1, _load(1500, 20), None),
@@ -115,6 +115,7 @@ class _Echo(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         ok = body == b"\x93NUMPY-body" and self.headers["Content-Type"] == "application/x-npy"
+        ok = ok and self.headers["Accept"] == "application/x-npz"
         self.send_response(200 if ok else 400)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -137,10 +138,12 @@ def echo_server() -> Iterator[str]:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (bench/run.sh does)")
 def test_the_wrk_script_sends_the_body_and_reports(echo_server: str, tmp_path: Path) -> None:
-    """bench.lua sends the file's bytes with its content type; non-2xx would count as errors."""
+    """bench.lua sends the file's bytes with its content type and the Accept header asked
+    for; the echo server answers 400 otherwise, which wrk would count as an error."""
     body = tmp_path / "one.npy"
     body.write_bytes(b"\x93NUMPY-body")
-    load = wrk(echo_server, Body(body, "application/x-npy"), connections=1, seconds=1)
+    sent = Body(body, "application/x-npy", accept="application/x-npz")
+    load = wrk(echo_server, sent, connections=1, seconds=1)
     assert load.requests > 0
     assert load.errors == 0, load.error_kinds
 

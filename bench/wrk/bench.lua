@@ -3,6 +3,7 @@
 --   BENCH_METHOD        GET (default) or POST
 --   BENCH_BODY          a file whose bytes are the body (read once, here)
 --   BENCH_CONTENT_TYPE  the body's Content-Type
+--   BENCH_ACCEPT        an Accept header, if not empty
 -- done() prints one line, "BENCH {json}", that the orchestrator parses.
 
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
@@ -12,6 +13,10 @@ if path ~= nil and path ~= "" then
   wrk.body = file:read("*a")
   file:close()
   wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
+end
+local accept = os.getenv("BENCH_ACCEPT")
+if accept ~= nil and accept ~= "" then
+  wrk.headers["Accept"] = accept
 end
 
 function done(summary, latency, requests)
