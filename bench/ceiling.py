@@ -38,9 +38,14 @@ def _rate(step: Callable[[], object], images: int, seconds: float) -> float:
 
 
 def ceiling(
-    version_dir: Path, batches: list[int], *, threads: int, seconds: float
+    version_dir: Path,
+    batches: list[int],
+    *,
+    threads: int,
+    seconds: float,
+    ops: tuple[str, ...] = ("encode", "decode", "elbo"),
 ) -> dict[tuple[str, int], float]:
-    """{(op, batch): images/s} for op in encode, decode, elbo."""
+    """{(op, batch): images/s} for each op of encode, decode, elbo."""
     manifest = read_manifest(version_dir)
     encoder = _session(version_dir / manifest.graphs.encoder.file, threads)
     decoder = _session(version_dir / manifest.graphs.decoder.file, threads)
@@ -66,5 +71,6 @@ def ceiling(
             return log_px - vae.kl(mean, log_var)
 
         for op, step in (("encode", encode), ("decode", decode), ("elbo", elbo)):
-            rates[op, n] = _rate(step, n, seconds)
+            if op in ops:
+                rates[op, n] = _rate(step, n, seconds)
     return rates

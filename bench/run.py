@@ -157,16 +157,22 @@ class Bench:
     warmup: int
     cells: list[Cell] = field(default_factory=list)
 
-    def cell(
+    def measure(
         self, server: Server, case: str, path: str, body: Body, connections: int, graph: str = ""
-    ) -> None:
+    ) -> Cell:
         """Warm up, then measure one cell; the batch size comes from /metrics when asked."""
         url = server.url + path
         wrk(url, body, connections=connections, seconds=self.warmup)
         before = scrape(server.url) if graph else ""
         load = wrk(url, body, connections=connections, seconds=self.seconds)
         batch = mean_batch(before, scrape(server.url), graph) if graph else None
-        cell = Cell(server.name, case, connections, body.images, load, batch)
+        return Cell(server.name, case, connections, body.images, load, batch)
+
+    def cell(
+        self, server: Server, case: str, path: str, body: Body, connections: int, graph: str = ""
+    ) -> None:
+        """Measure one cell of the results table, and print its row."""
+        cell = self.measure(server, case, path, body, connections, graph)
         self.cells.append(cell)
         print(report.http_table([cell])[-1], flush=True)
 
@@ -286,6 +292,46 @@ def measure(
     bench.cell(server, "sample", "/sample?n=64&seed=1", sample, 8, graph="decoder")
 
 
+def paired_rounds(
+    bench: Bench,
+    server: Server,
+    bodies: dict[str, Body],
+    version_dir: Path,
+    *,
+    rounds: int,
+    bulk_conns: int,
+) -> list[report.Round]:
+    """The cells behind the two targets that compare vae-serve with its own ceilings,
+    back to back; odd rounds measure the ceiling first, even rounds the service."""
+    threads = len(os.sched_getaffinity(0))
+    found = []
+    for i in range(rounds):
+
+        def healthz() -> Cell:
+            return bench.measure(server, "healthz", "/healthz", Body(None), 32)
+
+        def encode() -> Cell:
+            return bench.measure(server, "encode-npy", "/encode", bodies["one.npy"], 32, "encoder")
+
+        def in_process() -> float:
+            rate = ceiling(version_dir, [BULK], threads=threads, seconds=2, ops=("encode",))
+            return rate["encode", BULK]
+
+        def bulk() -> Cell:
+            body = bodies["bulk.npy>npz"]
+            return bench.measure(server, "encode-bulk-npz", "/encode", body, bulk_conns, "encoder")
+
+        if i % 2 == 0:
+            hz, enc = healthz(), encode()
+            ceiling_rate, bulk_cell = in_process(), bulk()
+        else:
+            enc, hz = encode(), healthz()
+            bulk_cell, ceiling_rate = bulk(), in_process()
+        found.append(report.Round(hz, enc, ceiling_rate, bulk_cell))
+        print(report.rounds_table(found)[-1], flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
@@ -294,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each cell")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--bulk-connections", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="paired rounds for the ceiling targets (0: none)"
+    )
     parser.add_argument("--images", type=Path, default=MNIST, help="MNIST IDX images file")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     parser.add_argument("--logs", type=Path, default=ROOT / "bench" / "results")
@@ -321,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.ceiling_table(rates)), flush=True)
 
     bench = Bench(args.seconds, args.warmup)
+    rounds: list[report.Round] = []
     servers = make_servers(store, args.model, version_dir)
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
         bodies = write_bodies(Path(tmp), digits(args.images, BULK))
@@ -332,8 +382,19 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             with running(servers[key], args.logs):
                 measure(bench, key, servers[key], bodies, conns, args.bulk_connections)
+                if key == "vae-serve" and args.rounds:
+                    print("== paired rounds: the service against its ceilings", flush=True)
+                    print("\n".join(report.rounds_table([])[:2]), flush=True)
+                    rounds = paired_rounds(
+                        bench,
+                        servers[key],
+                        bodies,
+                        version_dir,
+                        rounds=args.rounds,
+                        bulk_conns=args.bulk_connections,
+                    )
 
-    found = report.targets(bench.cells, rates, args.bulk_connections)
+    found = report.targets(bench.cells, rates, args.bulk_connections, rounds)
     text = report.document(
         machine=_machine(load),
         versions=_versions(),
@@ -345,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         cells=bench.cells,
         connections=conns,
         targets=found,
+        rounds=rounds,
     )
     args.out.write_text(text)
     print()

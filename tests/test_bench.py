@@ -92,6 +92,34 @@ def test_targets_compare_within_the_run() -> None:
     assert table.count("**missed**") == 2
 
 
+def test_paired_rounds_decide_the_ceiling_targets_by_their_median() -> None:
+    def round_(healthz: float, encode: float, in_process: float, bulk: float) -> report.Round:
+        return report.Round(
+            healthz=Cell(SERVICE, "healthz", 32, 1, _load(healthz, 20), None),
+            encode=Cell(SERVICE, "encode-npy", 32, 1, _load(encode, 30), 9.0),
+            in_process=in_process,
+            bulk=Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(bulk, 50), 256.0),
+        )
+
+    rounds = [
+        round_(3000, 2000, 20_000, 60),  # ratios 0.67 and 0.77
+        round_(4000, 2000, 20_000, 50),  # 0.50 and 0.64
+        round_(3000, 1500, 10_000, 30),  # 0.50 and 0.77
+    ]
+    # The table's single cells alone would say the opposite on both targets.
+    cells = [
+        Cell(SERVICE, "healthz", 32, 1, _load(1000, 20), None),
+        Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.0),
+        Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(10, 50), 256.0),
+    ]
+    http, bulk = report.targets(cells, {("encode", 256): 20_000.0}, 2, rounds)[:2]
+    assert http.ratio == pytest.approx(0.5) and not http.met
+    assert "ratio per round 0.67, 0.50, 0.50" in http.measured
+    assert bulk.ratio == pytest.approx(60 * 256 / 20_000) and bulk.met
+    table = report.rounds_table(rounds)
+    assert len(table) == 2 + 3 and table[-1].endswith("| 0.50 | 10,000 | 7,680 | 0.77 |")
+
+
 def test_a_missing_peer_is_not_measured_rather_than_missed() -> None:
     cells = [Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5)]
     found = report.targets(cells, {}, 2)
