@@ -92,32 +92,51 @@ def test_targets_compare_within_the_run() -> None:
     assert table.count("**missed**") == 2
 
 
-def test_paired_rounds_decide_the_ceiling_targets_by_their_median() -> None:
-    def round_(healthz: float, encode: float, in_process: float, bulk: float) -> report.Round:
+def test_rounds_decide_the_targets_by_their_medians() -> None:
+    def cell(server: str, case: str, rps: float, p99: float, images: int = 1) -> Cell:
+        return Cell(server, case, 32, images, _load(rps, p99), 9.0)
+
+    def round_(
+        healthz: float, encode: float, in_process: float, bulk: float, naive: float
+    ) -> report.Round:
         return report.Round(
-            healthz=Cell(SERVICE, "healthz", 32, 1, _load(healthz, 20), None),
-            encode=Cell(SERVICE, "encode-npy", 32, 1, _load(encode, 30), 9.0),
+            healthz=cell(SERVICE, "healthz", healthz, 20),
+            encode=cell(SERVICE, "encode-npy", encode, 30),
             in_process=in_process,
-            bulk=Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(bulk, 50), 256.0),
+            bulk=cell(SERVICE, "encode-bulk-npz", bulk, 50, images=256),
+            naive=cell(NAIVE, "encode-json", naive, 90),
+            bento=cell(BENTO, "encode-json", 1000, 25),  # faster p99 than ours: missed
+            unbatched=cell(UNBATCHED, "encode-npy", 1000, 60),
         )
 
     rounds = [
-        round_(3000, 2000, 20_000, 60),  # ratios 0.67 and 0.77
-        round_(4000, 2000, 20_000, 50),  # 0.50 and 0.64
-        round_(3000, 1500, 10_000, 30),  # 0.50 and 0.77
+        round_(3000, 2000, 20_000, 60, 500),  # ratios 0.67, 0.77, 4.0
+        round_(4000, 2000, 20_000, 50, 800),  # 0.50, 0.64, 2.5
+        round_(3000, 1500, 10_000, 30, 600),  # 0.50, 0.77, 2.5
     ]
-    # The table's single cells alone would say the opposite on both targets.
+    # The table's single cells alone would say the opposite on the first three targets.
     cells = [
-        Cell(SERVICE, "healthz", 32, 1, _load(1000, 20), None),
-        Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.0),
-        Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(10, 50), 256.0),
+        cell(SERVICE, "healthz", 1000, 20),
+        cell(SERVICE, "encode-npy", 2000, 30),
+        cell(SERVICE, "encode-bulk-npz", 10, 50, images=256),
+        cell(NAIVE, "encode-json", 100, 90),
     ]
-    http, bulk = report.targets(cells, {("encode", 256): 20_000.0}, 2, rounds)[:2]
+    found = report.targets(cells, {("encode", 256): 20_000.0}, 2, rounds)
+    http, bulk, naive, bento, batch, off = found
     assert http.ratio == pytest.approx(0.5) and not http.met
     assert "ratio per round 0.67, 0.50, 0.50" in http.measured
     assert bulk.ratio == pytest.approx(60 * 256 / 20_000) and bulk.met
+    assert naive.ratio == pytest.approx(2.5) and not naive.met
+    assert "p99 30.0 vs 90.0 ms" in naive.measured
+    assert bento.ratio == pytest.approx(2.0) and not bento.met, "its median p99 is lower"
+    assert batch.ratio == 9.0 and batch.met
+    assert off.ratio == pytest.approx(2.0) and off.met
     table = report.rounds_table(rounds)
-    assert len(table) == 2 + 3 and table[-1].endswith("| 0.50 | 10,000 | 7,680 | 0.77 |")
+    assert len(table) == 2 + 3
+    assert table[-1] == (
+        "| 3 | 3,000 (20.0) | 1,500 (30.0) | 1,000 (60.0) | 600 (90.0) | 1,000 (25.0) "
+        "| 10,000 | 7,680 |"
+    )
 
 
 def test_a_missing_peer_is_not_measured_rather_than_missed() -> None:
