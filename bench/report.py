@@ -346,6 +346,7 @@ def document(
     connections: list[int],
     targets: list[Target],
     rounds: list[Round],
+    round_seconds: int,
 ) -> str:
     """The whole results file."""
     lines = [
@@ -363,11 +364,12 @@ def document(
         "",
         *(
             [
-                "The targets come from rounds measured with every server up: per round, "
-                "each server's single-image cell at 32 connections (req/s, p99 ms in "
-                "brackets) and the bulk cell against in-process ONNX Runtime, back to back, "
-                "the order reversed every other round; each ratio is the median over the "
-                "rounds. The tables below are one pass, one server loaded at a time.",
+                f"The targets come from {len(rounds)} rounds measured with every server up "
+                f"and warm: per round, {round_seconds} s of each server's single-image cell "
+                "at 32 connections (req/s, p99 ms in brackets), then in-process ONNX Runtime "
+                "and the bulk cell, back to back, the order reversed every other round; "
+                "each ratio is the median over the rounds. The tables below are one pass, "
+                "one server loaded at a time.",
                 "",
                 *rounds_table(rounds),
                 "",

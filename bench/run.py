@@ -159,13 +159,24 @@ class Bench:
     cells: list[Cell] = field(default_factory=list)
 
     def measure(
-        self, server: Server, case: str, path: str, body: Body, connections: int, graph: str = ""
+        self,
+        server: Server,
+        case: str,
+        path: str,
+        body: Body,
+        connections: int,
+        graph: str = "",
+        *,
+        seconds: int | None = None,
+        warmup: int | None = None,
     ) -> Cell:
         """Warm up, then measure one cell; the batch size comes from /metrics when asked."""
         url = server.url + path
-        wrk(url, body, connections=connections, seconds=self.warmup)
+        warmup = self.warmup if warmup is None else warmup
+        if warmup:
+            wrk(url, body, connections=connections, seconds=warmup)
         before = scrape(server.url) if graph else ""
-        load = wrk(url, body, connections=connections, seconds=self.seconds)
+        load = wrk(url, body, connections=connections, seconds=seconds or self.seconds)
         batch = mean_batch(before, scrape(server.url), graph) if graph else None
         return Cell(server.name, case, connections, body.images, load, batch)
 
@@ -300,42 +311,43 @@ def paired_rounds(
     version_dir: Path,
     *,
     rounds: int,
+    seconds: int,
     bulk_conns: int,
 ) -> list[report.Round]:
-    """The cells behind the targets, every server up, back to back: per round one
-    single-image cell per server at 32 connections, then in-process ONNX Runtime
-    and the bulk cell; odd rounds in the reverse order, so slow drift cancels."""
+    """The cells behind the targets, every server up and warm, back to back: per
+    round one short single-image cell per server at 32 connections, then in-process
+    ONNX Runtime and the bulk cell; odd rounds in the reverse order. This VM's speed
+    swings within seconds, so many short rounds pair better than a few long cells."""
     threads = len(os.sched_getaffinity(0))
     ours = servers["vae-serve"]
+    cell = functools.partial(bench.measure, seconds=seconds, warmup=0)
     one = bodies["one.npy"]
     single: dict[str, Callable[[], Cell]] = {
-        "healthz": lambda: bench.measure(ours, "healthz", "/healthz", Body(None), 32),
-        "encode": lambda: bench.measure(ours, "encode-npy", "/encode", one, 32, "encoder"),
+        "healthz": lambda: cell(ours, "healthz", "/healthz", Body(None), 32),
+        "encode": lambda: cell(ours, "encode-npy", "/encode", one, 32, "encoder"),
     }
     if "unbatched" in servers:
         unbatched = servers["unbatched"]
-        single["unbatched"] = lambda: bench.measure(
-            unbatched, "encode-npy", "/encode", one, 32, "encoder"
-        )
+        single["unbatched"] = lambda: cell(unbatched, "encode-npy", "/encode", one, 32, "encoder")
     for key, name, body in (("naive", "naive", "naive.json"), ("bentoml", "bento", "bento.json")):
         if key in servers:
-            server, peer_body = servers[key], bodies[body]
             single[name] = functools.partial(
-                bench.measure, server, "encode-json", "/encode", peer_body, 32
+                cell, servers[key], "encode-json", "/encode", bodies[body], 32
             )
+
+    def in_process() -> float:
+        rate = ceiling(version_dir, [BULK], threads=threads, seconds=seconds / 2, ops=("encode",))
+        return rate["encode", BULK]
+
+    def bulk() -> Cell:
+        return cell(
+            ours, "encode-bulk-npz", "/encode", bodies["bulk.npy>npz"], bulk_conns, "encoder"
+        )
+
     found = []
     for i in range(rounds):
         order = list(single) if i % 2 == 0 else list(reversed(single))
         cells = {name: single[name]() for name in order}
-
-        def in_process() -> float:
-            rate = ceiling(version_dir, [BULK], threads=threads, seconds=2, ops=("encode",))
-            return rate["encode", BULK]
-
-        def bulk() -> Cell:
-            body = bodies["bulk.npy>npz"]
-            return bench.measure(ours, "encode-bulk-npz", "/encode", body, bulk_conns, "encoder")
-
         if i % 2 == 0:
             rate, bulk_cell = in_process(), bulk()
         else:
@@ -354,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--bulk-connections", type=int, default=2)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of the targets' cells (0: use the tables)"
+        "--rounds", type=int, default=7, help="rounds of the targets' cells (0: use the tables)"
+    )
+    parser.add_argument(
+        "--round-seconds", type=int, default=2, help="per wrk cell in a round (whole seconds)"
     )
     parser.add_argument("--images", type=Path, default=MNIST, help="MNIST IDX images file")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
@@ -409,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 bodies,
                 version_dir,
                 rounds=args.rounds,
+                seconds=args.round_seconds,
                 bulk_conns=args.bulk_connections,
             )
 
@@ -425,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         connections=conns,
         targets=found,
         rounds=rounds,
+        round_seconds=args.round_seconds,
     )
     args.out.write_text(text)
     print()
