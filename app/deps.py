@@ -19,6 +19,11 @@ from app.config import MODEL_NAME, Settings
 from app.registry import ModelVersion, Registry
 
 
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 # Async although they never await: FastAPI runs a plain `def` dependency in its
 # thread pool, a hop that costs more loop time than the attribute read itself.
 async def get_registry(request: Request) -> Registry:
@@ -27,8 +32,7 @@ async def get_registry(request: Request) -> Registry:
 
 
 async def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return settings_of(request)
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
@@ -45,11 +49,6 @@ ModelName = Annotated[
     ),
 ]
 Version = Annotated[int | None, Query(ge=1, description="Model version; the newest when omitted.")]
-
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 @contextmanager
