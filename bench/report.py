@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bench.loadgen import Load
@@ -43,12 +43,13 @@ class Cell:
 @dataclass(frozen=True)
 class Round:
     """One round of the cells behind the targets, measured back to back with every
-    server up, so that both sides of each ratio see the same moment of a noisy VM."""
+    server up, so that both sides of each ratio see the same moment of a noisy VM.
+    A side that was not measured is None, and so are its targets."""
 
-    healthz: Cell  # vae-serve GET /healthz, 32 connections
     encode: Cell  # vae-serve POST /encode, one .npy image, 32 connections
-    in_process: float  # encoder images/s in-process at batch 256
-    bulk: Cell  # vae-serve POST /encode, 256 images, .npz answer
+    healthz: Cell | None = None  # vae-serve GET /healthz, 32 connections
+    in_process: float | None = None  # encoder images/s in-process at batch 256
+    bulk: Cell | None = None  # vae-serve POST /encode, 256 images, .npz answer
     unbatched: Cell | None = None  # the same as `encode` with batching off
     naive: Cell | None = None  # the naive server, 32 connections
     bento: Cell | None = None  # BentoML, 32 connections
@@ -162,109 +163,126 @@ def peers_table(cells: list[Cell], connections: list[int]) -> list[str]:
     return _table(header, rows)
 
 
+# A side of a target: one round -> (service, reference) figures, None if not measured.
+Side = Callable[[Round], tuple[float, float] | None]
+
+
 def _paired(
-    goal: str,
-    pairs: list[tuple[float, float]],
-    unit: str,
-    need: float,
-    p99s: list[tuple[float, float]] | None = None,
+    goal: str, rounds: list[Round], need: float, unit: str, rates: Side, p99s: Side | None = None
 ) -> Target:
-    """A target from rounds of (service, reference) figures: the median of the ratios,
-    and with `p99s` also a lower median p99 than the reference's."""
-    ratios = [a / b for a, b in pairs]
+    """A target over the rounds: the median of the service/reference ratios, and with
+    `p99s` also a lower median p99 than the reference's."""
+    pairs, latencies = [rates(r) for r in rounds], [p99s(r) for r in rounds] if p99s else []
+    required = f"≥ {need}×" + (", lower p99" if p99s else "")
+    if not pairs or None in pairs or None in latencies:
+        return Target(goal, "not measured", None, required, None)
+    known = [pair for pair in pairs if pair is not None]
+    ratios = [a / b for a, b in known]
     ratio = statistics.median(ratios)
-    a, b = statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
-    measured, required, met = f"{_num(a)} vs {_num(b)} {unit}", f"≥ {need}×", ratio >= need
+    a, b = (statistics.median(pair[i] for pair in known) for i in (0, 1))
+    measured, met = f"{_num(a)} vs {_num(b)} {unit}", ratio >= need
     if p99s:
-        ours, theirs = (statistics.median(p[i] for p in p99s) for i in (0, 1))
+        ours, theirs = (statistics.median(p[i] for p in latencies if p is not None) for i in (0, 1))
         measured += f"; p99 {ours:.1f} vs {theirs:.1f} ms"
-        required += ", lower p99"
         met = met and ours < theirs
-    if len(pairs) > 1:
+    if len(known) > 1:
         each = ", ".join(f"{r:.2f}" for r in ratios)
-        measured += f" (medians of {len(pairs)} rounds; ratio per round {each})"
+        measured += f" (medians of {len(known)} rounds; ratio per round {each})"
     return Target(goal, measured, ratio, required, met)
+
+
+def _versus(reference: str) -> tuple[Side, Side]:
+    """The req/s and p99 sides of single-image /encode against another cell of the round."""
+
+    def rates(r: Round) -> tuple[float, float] | None:
+        other: Cell | None = getattr(r, reference)
+        if other is None or not other.load.rps:  # no answers: nothing to divide by
+            return None
+        return r.encode.load.rps, other.load.rps
+
+    def p99s(r: Round) -> tuple[float, float] | None:
+        other: Cell | None = getattr(r, reference)
+        return None if other is None else (r.encode.load.p99_ms, other.load.p99_ms)
+
+    return rates, p99s
+
+
+def _bulk(r: Round) -> tuple[float, float] | None:
+    if r.bulk is None or not r.in_process:
+        return None
+    return r.bulk.images_per_s, r.in_process
 
 
 def targets(
     cells: list[Cell], ceiling: Ceiling, bulk_connections: int, rounds: list[Round] | None = None
 ) -> list[Target]:
-    """The issue's targets, each from figures of this one run: from the rounds when
-    there are any (medians of back-to-back pairs), else from the table's cells."""
-    found: list[Target] = []
-    ours = _find(cells, SERVICE, "encode-npy", 32)
-
-    def ratio_target(goal: str, a: Cell | None, b: Cell | None, need: float, p99: bool) -> None:
-        if a is None or b is None or not b.load.rps:
-            found.append(Target(goal, "not measured", None, f"≥ {need}", None))
-            return
-        ratio = a.load.rps / b.load.rps
-        met = ratio >= need and (not p99 or a.load.p99_ms < b.load.p99_ms)
-        measured = f"{_num(a.load.rps)} vs {_num(b.load.rps)} req/s"
-        required = f"≥ {need}×"
-        if p99:
-            measured += f"; p99 {a.load.p99_ms:.1f} vs {b.load.p99_ms:.1f} ms"
-            required += ", lower p99"
-        found.append(Target(goal, measured, ratio, required, met))
-
-    http_goal = "single-image /encode (.npy) vs the HTTP ceiling (GET /healthz), 32 conns"
-    bulk_goal = (
-        f"bulk /encode (256 images, .npy in, .npz out, {bulk_connections} conns) vs "
-        "in-process ONNX Runtime at batch 256"
-    )
-    naive_goal = "single-image /encode vs the naive server, 32 conns"
-    bento_goal = "single-image /encode vs BentoML, 32 conns"
-    batch_goal = "mean batch size, single-image /encode at 32 conns (/metrics)"
-    off_goal = "batching on vs off (VAE_MAX_BATCH_SIZE=1), single-image /encode, 32 conns"
-    if rounds:
-        found.append(
-            _paired(
-                http_goal, [(r.encode.load.rps, r.healthz.load.rps) for r in rounds], "req/s", 0.6
-            )
+    """The issue's targets, each from figures of this one run: medians over the rounds
+    when there are any, else the table's cells taken as one round."""
+    if not rounds:
+        ours = _find(cells, SERVICE, "encode-npy", 32)
+        rounds = (
+            []
+            if ours is None
+            else [
+                Round(
+                    encode=ours,
+                    healthz=_find(cells, SERVICE, "healthz", 32),
+                    in_process=ceiling.get(("encode", 256)),
+                    bulk=_find(cells, SERVICE, "encode-bulk-npz", bulk_connections),
+                    unbatched=_find(cells, UNBATCHED, "encode-npy", 32),
+                    naive=_find(cells, NAIVE, "encode-json", 32),
+                    bento=_find(cells, BENTO, "encode-json", 32),
+                )
+            ]
         )
-        bulk_pairs = [(r.bulk.images_per_s, r.in_process) for r in rounds]
-        found.append(_paired(bulk_goal, bulk_pairs, "images/s", 0.7))
-        for goal, field, need, p99 in (
-            (naive_goal, "naive", 3.0, True),
-            (bento_goal, "bento", 1.5, True),
-        ):
-            peers = [(r.encode, getattr(r, field)) for r in rounds]
-            if any(peer is None for _, peer in peers):
-                found.append(Target(goal, "not measured", None, f"≥ {need}×", None))
-                continue
-            rps = [(ours.load.rps, peer.load.rps) for ours, peer in peers]
-            p99s = [(ours.load.p99_ms, peer.load.p99_ms) for ours, peer in peers]
-            found.append(_paired(goal, rps, "req/s", need, p99s if p99 else None))
-        batches = [r.encode.mean_batch for r in rounds if r.encode.mean_batch is not None]
-        batch = statistics.median(batches) if batches else None
-        offs = [(r.encode.load.rps, r.unbatched.load.rps) for r in rounds if r.unbatched]
-        off = _paired(off_goal, offs, "req/s", 1.5) if len(offs) == len(rounds) else None
-    else:
-        ratio_target(http_goal, ours, _find(cells, SERVICE, "healthz", 32), 0.6, p99=False)
-        bulk = _find(cells, SERVICE, "encode-bulk-npz", bulk_connections)
-        in_process = ceiling.get(("encode", 256))
-        if bulk is None or not in_process:
-            found.append(Target(bulk_goal, "not measured", None, "≥ 0.7×", None))
-        else:
-            found.append(_paired(bulk_goal, [(bulk.images_per_s, in_process)], "images/s", 0.7))
-        ratio_target(naive_goal, ours, _find(cells, NAIVE, "encode-json", 32), 3.0, p99=True)
-        ratio_target(bento_goal, ours, _find(cells, BENTO, "encode-json", 32), 1.5, p99=True)
-        batch = None if ours is None else ours.mean_batch
-        off = None
-    found.append(
+    healthz, _ = _versus("healthz")
+    naive, naive_p99 = _versus("naive")
+    bento, bento_p99 = _versus("bento")
+    unbatched, _ = _versus("unbatched")
+    batches = [r.encode.mean_batch for r in rounds if r.encode.mean_batch is not None]
+    batch = statistics.median(batches) if batches else None
+    return [
+        _paired(
+            "single-image /encode (.npy) vs the HTTP ceiling (GET /healthz), 32 conns",
+            rounds,
+            0.6,
+            "req/s",
+            healthz,
+        ),
+        _paired(
+            f"bulk /encode (256 images, .npy in, .npz out, {bulk_connections} conns) vs "
+            "in-process ONNX Runtime at batch 256",
+            rounds,
+            0.7,
+            "images/s",
+            _bulk,
+        ),
+        _paired(
+            "single-image /encode vs the naive server, 32 conns",
+            rounds,
+            3.0,
+            "req/s",
+            naive,
+            naive_p99,
+        ),
+        _paired(
+            "single-image /encode vs BentoML, 32 conns", rounds, 1.5, "req/s", bento, bento_p99
+        ),
         Target(
-            batch_goal,
+            "mean batch size, single-image /encode at 32 conns (/metrics)",
             "not measured" if batch is None else f"{batch:.1f} images per ONNX Runtime call",
             batch,
             "> 4",
             None if batch is None else batch > 4,
-        )
-    )
-    if off is not None:
-        found.append(off)
-    else:
-        ratio_target(off_goal, ours, _find(cells, UNBATCHED, "encode-npy", 32), 1.5, p99=False)
-    return found
+        ),
+        _paired(
+            "batching on vs off (VAE_MAX_BATCH_SIZE=1), single-image /encode, 32 conns",
+            rounds,
+            1.5,
+            "req/s",
+            unbatched,
+        ),
+    ]
 
 
 def rounds_table(rounds: list[Round]) -> list[str]:
@@ -279,8 +297,8 @@ def rounds_table(rounds: list[Round]) -> list[str]:
             rps(r.unbatched),
             rps(r.naive),
             rps(r.bento),
-            _num(r.in_process),
-            _num(r.bulk.images_per_s),
+            "-" if r.in_process is None else _num(r.in_process),
+            "-" if r.bulk is None else _num(r.bulk.images_per_s),
         ]
         for i, r in enumerate(rounds, 1)
     ]
