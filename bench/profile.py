@@ -23,7 +23,17 @@ import threading
 from pathlib import Path
 
 from bench.loadgen import Body, Load, wrk
-from bench.run import BULK, MNIST, ROOT, Server, digits, latest_version, running, write_bodies
+from bench.run import (
+    BULK,
+    MNIST,
+    ROOT,
+    Server,
+    digits,
+    latest_version,
+    running,
+    service_env,
+    write_bodies,
+)
 
 CASES = {  # case -> (path, body file); as bench/run.py sends them
     "healthz": ("/healthz", None),
@@ -104,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = args.store.resolve()
     latest_version(store, args.model)  # fails early without a model
-    env = {"VAE_MODEL_STORE": str(store), "VAE_DEFAULT_MODEL": args.model,
-           "VAE_LOG_LEVEL": "warning", "VAE_RELOAD_INTERVAL_S": "0"}  # fmt: skip
+    env = service_env(store, args.model)
     env.update(item.split("=", 1) for item in args.env)
     bin_dir = Path(sys.executable).parent
     server = Server("vae-serve", [str(bin_dir / "vae-serve"), "--port", "8109"], 8109, env)

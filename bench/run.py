@@ -242,15 +242,20 @@ def latest_version(store: Path, model: str) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
-def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server]:
-    """Every server the benchmark loads, by its --servers key; one port each."""
-    bin_dir = Path(sys.executable).parent
-    quiet = {
+def service_env(store: Path, model: str) -> dict[str, str]:
+    """vae-serve's settings in every benchmark: the store, quiet, no store polling."""
+    return {
         "VAE_MODEL_STORE": str(store),
         "VAE_DEFAULT_MODEL": model,
         "VAE_LOG_LEVEL": "warning",  # no access log, as for every peer
         "VAE_RELOAD_INTERVAL_S": "0",
     }
+
+
+def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server]:
+    """Every server the benchmark loads, by its --servers key; one port each."""
+    bin_dir = Path(sys.executable).parent
+    quiet = service_env(store, model)
     vae_serve = [str(bin_dir / "vae-serve"), "--port"]
     naive = [str(bin_dir / "uvicorn"), "--factory", "bench.naive_server:create_app"]
     naive += ["--log-level", "warning", "--no-access-log", "--port", "8103"]
