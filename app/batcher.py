@@ -4,8 +4,9 @@ Like Triton's dynamic batcher it has two knobs, `max_batch_size` and
 `max_delay`: the first waiting request opens a batch, which is run as soon as
 it holds `max_batch_size` rows or the first request has waited `max_delay`.
 With `max_delay` 0 (Triton's default too) a batch is whatever queued while the
-previous call ran. The model call runs in a worker thread, off the event loop, and its outputs
-are split back so every request gets exactly its own rows, in order.
+previous call ran. The model call runs in a worker thread, off the event loop,
+and its outputs are split back so every request gets exactly its own rows, in
+order.
 
 Requests are validated before they get here, so a batch only fails when the
 runtime does. The queue is bounded in rows: `submit` either queues all of a

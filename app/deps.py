@@ -24,11 +24,15 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def registry_of(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
 # Async although they never await: FastAPI runs a plain `def` dependency in its
 # thread pool, a hop that costs more loop time than the attribute read itself.
 async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+    return registry_of(request)
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -55,7 +59,6 @@ Version = Annotated[int | None, Query(ge=1, description="Model version; the newe
 def leased(request: Request, model: str | None, version: int | None) -> Iterator[ModelVersion]:
     """The requested model version, leased for the request so a hot reload cannot
     retire it mid-request. Resolving and leasing are one step: no await between."""
-    registry: Registry = request.app.state.registry
-    mv = registry.resolve(model, version)
+    mv = registry_of(request).resolve(model, version)
     with mv.lease():
         yield mv

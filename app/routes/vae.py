@@ -121,11 +121,16 @@ Format = Annotated[
 Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Seed for the noise.")]
 
 
+def _headers(mv: ModelVersion) -> dict[str, str]:
+    """Which model answered, for binary answers that cannot say it in their body."""
+    return {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+
+
 def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Response:
     """Pixel means (N, C, H, W) as a PNG (grid for N > 1) or JSON."""
     if fmt == "json":
         return NumpyJSON({"model": mv.name, "version": mv.version, **extra, "pixels": pixels})
-    headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+    headers = _headers(mv)
     if "seed" in extra:
         headers["X-Seed"] = str(extra["seed"])
     return Response(encode_png(pixels), media_type="image/png", headers=headers)
@@ -164,8 +169,7 @@ async def encode(
             arrays = {"mean": encoded.mean, "log_var": encoded.log_var}
             if encoded.z is not None:
                 arrays["z"] = encoded.z
-            headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
-            return npz(arrays, headers)
+            return npz(arrays, _headers(mv))
         # orjson writes numpy rows directly, but only C-contiguous ones.
         means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
         results: list[dict[str, np.ndarray]] = [
@@ -315,5 +319,4 @@ async def elbo_map(
         x = await read_images(request, mv.manifest, settings, resize=resize)
         means, nats = await inference.reconstruct(mv, x)
         png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
-        headers = {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
-        return Response(png, media_type="image/png", headers=headers)
+        return Response(png, media_type="image/png", headers=_headers(mv))
