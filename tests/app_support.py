@@ -32,6 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MNIST_TEST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
 
+# Set by .ci/run, which installs every system tool the tests use (.ci/system).
+IN_CI = os.environ.get("VAE_CI") == "1"
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip a test whose system tool is missing here, but fail it in CI: there a
+    skip would hide a broken image, page or benchmark."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason}; .ci/system installs it for CI")
+    pytest.skip(reason)
+
+
 # A model trained for seconds: enough to have real graphs and a real manifest.
 TINY_MODEL = [
     "--architecture", "mlp", "--hidden", "32", "--latent-dim", "8", "--epochs", "1",

@@ -19,6 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is a folder of the repository, not an installed package
 
+from app_support import require  # noqa: E402
+
 from app.batcher import BatchStats  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from bench import report  # noqa: E402
@@ -183,10 +185,10 @@ def echo_server() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (bench/run.sh does)")
 def test_the_wrk_script_sends_the_body_and_reports(echo_server: str, tmp_path: Path) -> None:
     """bench.lua sends the file's bytes with its content type and the Accept header asked
     for; the echo server answers 400 otherwise, which wrk would count as an error."""
+    require(shutil.which("wrk") is not None, "wrk is not installed (bench/run.sh installs it)")
     body = tmp_path / "one.npy"
     body.write_bytes(b"\x93NUMPY-body")
     sent = Body(body, "application/x-npy", accept="application/x-npz")
