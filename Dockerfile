@@ -19,6 +19,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY trainer ./trainer
+COPY vae_contract ./vae_contract
 RUN pip install --no-cache-dir .
 
 # --- training image: docker compose --profile train run --rm train ---
@@ -33,6 +34,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY trainer ./trainer
+COPY vae_contract ./vae_contract
 RUN pip install --no-cache-dir "./[train]" \
     && groupadd --system --gid 10001 vae \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
@@ -53,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY trainer ./trainer
+COPY vae_contract ./vae_contract
 # onnxruntime and onnxruntime-gpu install the same `onnxruntime` package:
 # drop the CPU one and lay the GPU one, at the version the extra resolved,
 # down again over the files that the uninstall removed.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -11,8 +10,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The store's folder names (docs/manifest.md); also what a `model` query may be.
-MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+from vae_contract.manifest import MODEL_NAME
 
 
 class Settings(BaseSettings):

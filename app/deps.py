@@ -15,8 +15,9 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from app.config import MODEL_NAME, Settings
+from app.config import Settings
 from app.registry import ModelVersion, Registry
+from vae_contract.manifest import MODEL_NAME
 
 
 def settings_of(request: Request) -> Settings:

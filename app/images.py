@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from app.manifest import InputSpec
+from vae_contract.manifest import InputSpec
 
 # The Pillow mode an image file is converted to, by the model's channel count.
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -199,29 +199,3 @@ def to_model_input(
             )
         x = _resize_float(x, spec.height, spec.width)
     return np.ascontiguousarray(x)
-
-
-def grid(images: np.ndarray, padding: int = 2) -> np.ndarray:
-    """(N, C, H, W) -> one (C, H', W') tile of ceil(sqrt(N)) columns, padded with 0."""
-    n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    out = np.zeros(
-        (c, rows * h + (rows + 1) * padding, cols * w + (cols + 1) * padding), images.dtype
-    )
-    for i in range(n):
-        top = padding + (i // cols) * (h + padding)
-        left = padding + (i % cols) * (w + padding)
-        out[:, top : top + h, left : left + w] = images[i]
-    return out
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """(N, C, H, W) floats in [0, 1] -> PNG bytes: the image itself for N = 1, else a grid."""
-    tile = pixels[0] if len(pixels) == 1 else grid(pixels)
-    as_bytes = np.clip(np.rint(tile * 255.0), 0, 255).astype(np.uint8)
-    channels = as_bytes.shape[0]
-    image = Image.fromarray(as_bytes[0] if channels == 1 else as_bytes.transpose(1, 2, 0))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()

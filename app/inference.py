@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app import vae
 from app.registry import ModelVersion
+from vae_contract import bounds
+from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
 
 # Decode at most this many values (rows × D) per batcher submission, so /elbo
 # with large k holds a bounded slice of logits in memory at a time.
@@ -39,7 +40,7 @@ def _eps(seed: int | None, n: int, k: int, latent_dim: int) -> np.ndarray:
     """(N, k, L): with a seed every image gets the same eps (see docs/manifest.md)."""
     if seed is None:
         return np.random.default_rng().standard_normal((n, k, latent_dim), dtype=np.float32)
-    return np.broadcast_to(vae.noise(seed, k, latent_dim), (n, k, latent_dim))
+    return np.broadcast_to(bounds.noise(seed, k, latent_dim), (n, k, latent_dim))
 
 
 async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | None) -> Encoded:
@@ -48,14 +49,14 @@ async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | N
     z = None
     if sample:
         eps = _eps(seed, len(x), 1, mv.manifest.latent_dim)
-        z = vae.reparameterize(mean, log_var, eps)[:, 0]
+        z = bounds.reparameterize(mean, log_var, eps)[:, 0]
     return Encoded(mean, log_var, z)
 
 
 async def decode(mv: ModelVersion, z: np.ndarray) -> np.ndarray:
     """z (N, L) -> pixel means (N, C, H, W) in [0, 1]."""
     (logits,) = await mv.decoder.submit(z)
-    return vae.pixel_means(logits, mv.manifest.likelihood)
+    return pixel_means(logits, mv.manifest.likelihood)
 
 
 def prior(seed: int | None, n: int, latent_dim: int, temperature: float) -> np.ndarray:
@@ -69,7 +70,7 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
     manifest = mv.manifest
     n, latent, size = len(x), manifest.latent_dim, manifest.input.size
     mean, log_var = await mv.encoder.submit(x)
-    z = vae.reparameterize(mean, log_var, _eps(seed, n, k, latent))  # (N, k, L)
+    z = bounds.reparameterize(mean, log_var, _eps(seed, n, k, latent))  # (N, k, L)
     flat_x = x.reshape(n, 1, size)  # (N, 1, D), broadcast over the k samples
     log_px = np.empty((n, k))
     step = max(1, _DECODE_VALUES // (size * k))  # images per slice
@@ -77,14 +78,14 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
         stop = min(n, start + step)
         (logits,) = await mv.decoder.submit(z[start:stop].reshape(-1, latent))
         logits = logits.reshape(stop - start, k, size)  # (n', k, D)
-        log_px[start:stop] = vae.log_likelihood(flat_x[start:stop], logits, manifest.likelihood)
-    kl = vae.kl(mean, log_var)
-    bound = log_px[:, 0] - kl if k == 1 else vae.iwae(log_px, z, mean, log_var)
+        log_px[start:stop] = log_likelihood(flat_x[start:stop], logits, manifest.likelihood)
+    kl = bounds.kl(mean, log_var)
+    bound = bounds.bound(log_px, kl, z, mean, log_var)
     return Scores(
         elbo=bound,
         reconstruction=log_px.mean(axis=1),
         kl=kl,
-        bits_per_dim=vae.bits_per_dim(bound, size),
+        bits_per_dim=bounds.bits_per_dim(bound, size),
     )
 
 
@@ -94,5 +95,5 @@ async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.n
     manifest = mv.manifest
     mean, _ = await mv.encoder.submit(x)
     (logits,) = await mv.decoder.submit(mean)
-    terms = vae.log_likelihood_terms(x, logits, manifest.likelihood)  # (N, C, H, W)
-    return vae.pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)
+    terms = log_likelihood_terms(x, logits, manifest.likelihood)  # (N, C, H, W)
+    return pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)

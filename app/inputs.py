@@ -23,7 +23,7 @@ from starlette.requests import Request
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.images import decode_images, load_npy, to_model_input
-from app.manifest import Manifest
+from vae_contract.manifest import Manifest
 
 NPY = "application/x-npy"
 IMAGE_TYPES = f"multipart/form-data, application/json, {NPY} or image/*"

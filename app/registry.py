@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.batcher import Batcher
-from app.config import MODEL_NAME, Settings
+from app.config import Settings
 from app.errors import NotFound, Unavailable
-from app.manifest import Manifest
+from app.loader import LoadedGraphs, LoadError, load_version
 from app.metrics import Metrics
-from app.runtime import LoadedGraphs, LoadError, load_version
+from vae_contract.manifest import MODEL_NAME, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 adaptive batching (`batchable=True`), in its own virtual environment
 (bench/.venv-bento; bench/run.sh makes it).
 
-Its sessions get the service's CPU options (app/runtime.py: no spinning
+Its sessions get the service's CPU options (vae_contract/graphs.py: no spinning
 threads, one inter-op thread, all cores intra-op), so the two differ only in
 how they serve. The body is BentoML's own encoding of an ndarray: JSON,
 {"x": [[[[...]]]]} shaped (N, C, H, W); the answer is (N, 2, L), mean then

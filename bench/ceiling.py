@@ -1,12 +1,12 @@
 """The ceiling: images/s of ONNX Runtime called in-process, no HTTP.
 
-Sessions get the service's own CPU options (app.runtime.session_options), so
+Sessions get the service's own CPU options (vae_contract.graphs.session_options), so
 the ceiling is what the service could reach if serving cost nothing:
 
 - encode: encoder.onnx;
 - decode: decoder.onnx;
 - elbo: encoder, reparameterize, decoder, then log p(x|z) and the KL in numpy
-  (app.vae), as /elbo computes them at k = 1.
+  (vae_contract), as /elbo computes them at k = 1.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app import vae
-from app.runtime import read_manifest, session_options
+from app.loader import read_manifest
+from vae_contract import bounds
+from vae_contract.graphs import session_options
+from vae_contract.likelihood import log_likelihood
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -51,7 +53,7 @@ def ceiling(
     decoder = _session(version_dir / manifest.graphs.decoder.file, threads)
     latent, size, likelihood = manifest.latent_dim, manifest.input.size, manifest.likelihood
     rng = np.random.default_rng(0)
-    eps = vae.noise(0, 1, latent)
+    eps = bounds.noise(0, 1, latent)
     rates: dict[tuple[str, int], float] = {}
     for n in batches:
         x = rng.random((n, *manifest.input.shape), dtype=np.float32)  # (N, C, H, W)
@@ -65,10 +67,10 @@ def ceiling(
 
         def elbo(x: np.ndarray = x, n: int = n) -> object:
             mean, log_var = encoder.run(["mean", "log_var"], {"x": x})
-            draws = vae.reparameterize(mean, log_var, np.broadcast_to(eps, (n, 1, latent)))
+            draws = bounds.reparameterize(mean, log_var, np.broadcast_to(eps, (n, 1, latent)))
             (logits,) = decoder.run(["logits"], {"z": draws[:, 0]})
-            log_px = vae.log_likelihood(x.reshape(n, size), logits.reshape(n, size), likelihood)
-            return log_px - vae.kl(mean, log_var)
+            log_px = log_likelihood(x.reshape(n, size), logits.reshape(n, size), likelihood)
+            return log_px - bounds.kl(mean, log_var)
 
         for op, step in (("encode", encode), ("decode", decode), ("elbo", elbo)):
             if op in ops:

@@ -347,7 +347,7 @@ service's vae_batch_size histogram, scraped before and after the cell.
   max_batch_size=64)` around the same encoder.onnx in ONNX Runtime with the
   service's session options; its own JSON ndarray body; access log off.
 - in-process: ONNX Runtime called in a loop from Python, the service's session
-  options; elbo adds reparameterize, log p(x|z) and the KL in numpy (app.vae).
+  options; elbo adds reparameterize, log p(x|z) and the KL in numpy (vae_contract).
 """
 
 

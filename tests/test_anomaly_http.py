@@ -3,7 +3,7 @@ against the small model the real trainer exports (see conftest.py).
 
 Expected values come from docs/manifest.md redone by hand (tests/app_support.py's
 Reference, Pillow for the PNG code length) and from the trainer's own scoring
-(trainer/scores.py), never from app/ itself.
+(trainer/scores.py, which shares vae_contract with the service), never from app/.
 """
 
 from __future__ import annotations
@@ -130,9 +130,7 @@ def test_the_trainer_and_the_service_compute_the_same_scores(
     """The contract: calibration and evaluation (trainer) score exactly as /elbo does."""
     images = mnist[:16]
     graphs = Graphs(version_dir)
-    trained = anomaly_scores(
-        graphs.encode, graphs.decode, ref.manifest["likelihood"], images[:, None], k=8
-    )
+    trained = anomaly_scores(graphs, ref.manifest["likelihood"], images[:, None], k=8)
     for score, k in (("elbo", 1), ("iwae", 8), ("complexity", 1)):
         served = [
             r["anomaly_score"] for r in post(client, f"score={score}&k={k}", images)["results"]

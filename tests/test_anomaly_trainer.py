@@ -12,8 +12,8 @@ import pytest
 from app_support import SHARED_DATA
 from PIL import Image
 
-from app.manifest import Manifest
 from trainer import anomaly, calibrate, data, store
+from vae_contract.manifest import Manifest
 
 MNIST, FASHION = SHARED_DATA / "mnist", SHARED_DATA / "fashion-mnist"
 

@@ -16,12 +16,10 @@ from app.images import (
     PixelBudget,
     decode_image,
     decode_images,
-    encode_png,
-    grid,
     load_npy,
     to_model_input,
 )
-from app.manifest import InputSpec
+from vae_contract.manifest import InputSpec
 
 GREY = InputSpec(channels=1, height=28, width=28)
 COLOUR = InputSpec(channels=3, height=28, width=28)
@@ -219,18 +217,3 @@ def test_float_arrays_resize_when_asked() -> None:
     x = model_input(np.full((1, 1, 14, 14), 0.25, np.float32), resize=True)
     assert x.shape == (1, 1, 28, 28)
     np.testing.assert_allclose(x, 0.25, atol=1e-6)
-
-
-def test_one_image_encodes_to_a_png_of_itself() -> None:
-    pixels = digit(3).astype(np.float32) / 255.0
-    back = np.asarray(Image.open(io.BytesIO(encode_png(pixels[None, None]))))
-    np.testing.assert_array_equal(back, digit(3))
-
-
-def test_several_images_encode_to_a_grid() -> None:
-    images = np.ones((5, 1, 28, 28), np.float32)
-    tile = grid(images, padding=2)
-    assert tile.shape == (1, 2 * 28 + 3 * 2, 3 * 28 + 4 * 2)  # 3 columns, 2 rows
-    assert tile.sum() == 5 * 28 * 28  # every image once, padding black
-    png = Image.open(io.BytesIO(encode_png(np.ones((5, 3, 28, 28), np.float32))))
-    assert png.mode == "RGB" and png.size == (92, 62)

@@ -21,7 +21,7 @@ from app.config import Settings
 from app.errors import NotFound
 from app.metrics import Metrics
 from app.registry import Registry, scan
-from app.runtime import session_options
+from vae_contract.graphs import session_options
 
 
 def settings_for(store: Path, **overrides: Any) -> Settings:

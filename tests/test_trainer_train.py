@@ -147,7 +147,7 @@ def test_calibration_is_the_serving_elbo_of_held_out_images(trained: dict[str, A
     graphs = evaluate.Graphs(trained["dir"])
     dataset = data.load(MNIST)
     _, validation, _ = data.splits(dataset, 5000, 0.1, seed=0)
-    scores = anomaly_scores(graphs.encode, graphs.decode, "bernoulli", validation)
+    scores = anomaly_scores(graphs, "bernoulli", validation)
     calibration = trained["manifest"]["calibration"]
     median = calibration["levels"].index(0.5)
     assert float(np.median(-scores["elbo"])) == pytest.approx(

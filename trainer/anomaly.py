@@ -2,7 +2,7 @@
 
 Out-of-distribution images are the positives (anomalies), the in-distribution
 test images the negatives; every score is computed exactly as the service's
-/elbo computes it (trainer/scores.py), on the exported graphs.
+/elbo computes it (trainer/scores.py, with vae_contract's maths), on the exported graphs.
 
     vae-anomaly evaluate model_store/fashion-mnist/1 --in ../shared/data/fashion-mnist \\
         --out ../shared/data/mnist --plot reports/fashion-mnist.png
@@ -23,8 +23,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from trainer import data as datasets
 from trainer.evaluate import Graphs
-from trainer.scores import IW_K, SCORES, anomaly_scores
+from trainer.scores import anomaly_scores
 from trainer.train import main as train
+from vae_contract.scores import IW_K, SCORES
 
 # One-class models: small, so ten of them train in minutes on two cores.
 ONE_CLASS_MODEL = [
@@ -57,7 +58,7 @@ def test_images(source: str) -> tuple[np.ndarray, np.ndarray | None]:
 def score(version_dir: Path, images: np.ndarray, names: tuple[str, ...], k: int) -> Any:
     manifest = json.loads((version_dir / "manifest.json").read_text())
     graphs = Graphs(version_dir)
-    return anomaly_scores(graphs.encode, graphs.decode, manifest["likelihood"], images, names, k)
+    return anomaly_scores(graphs, manifest["likelihood"], images, names, k)
 
 
 Pairs = list[tuple[str, np.ndarray, np.ndarray]]  # (label, normal scores, anomalous scores)

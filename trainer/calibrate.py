@@ -22,7 +22,8 @@ from typing import Any
 
 from trainer import data as datasets
 from trainer.evaluate import Graphs
-from trainer.scores import IW_K, anomaly_scores, calibrate
+from trainer.scores import anomaly_scores
+from vae_contract.scores import IW_K, calibrate
 
 
 def recalibrate(
@@ -32,7 +33,7 @@ def recalibrate(
     manifest = json.loads((version_dir / "manifest.json").read_text())
     _, validation, _ = datasets.as_trained(data, manifest["training"])
     graphs = Graphs(version_dir, threads)
-    scores = anomaly_scores(graphs.encode, graphs.decode, manifest["likelihood"], validation, k=k)
+    scores = anomaly_scores(graphs, manifest["likelihood"], validation, k=k)
     return calibrate(scores, k)
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from trainer import data as datasets
 from trainer.likelihood import Likelihood
 from trainer.objectives import iwae, kl, log_weights, reparameterize
+from vae_contract.graphs import session_options
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Decode = Callable[[torch.Tensor], torch.Tensor]
@@ -35,23 +36,28 @@ class Graphs:
     """encoder.onnx and decoder.onnx behind torch-tensor callables."""
 
     def __init__(self, version_dir: Path, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # Spinning threads fight each other on small machines; see the service's settings.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads)  # the service's, so both run the graphs alike
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(version_dir / "encoder.onnx"), options, providers)
         self.decoder = ort.InferenceSession(str(version_dir / "decoder.onnx"), options, providers)
 
+    def run_encoder(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, C, H, W) float32 -> mean, log_var (N, L)."""
+        mean, log_var = self.encoder.run(["mean", "log_var"], {"x": x})
+        return mean, log_var
+
+    def run_decoder(self, z: np.ndarray) -> np.ndarray:
+        """z (N, L) float32 -> logits (N, C, H, W)."""
+        (logits,) = self.decoder.run(["logits"], {"z": z})
+        return np.asarray(logits)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_var = self.encoder.run(["mean", "log_var"], {"x": x.numpy()})
+        mean, log_var = self.run_encoder(x.numpy())
         return torch.from_numpy(mean), torch.from_numpy(log_var)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
-        (logits,) = self.decoder.run(["logits"], {"z": z.reshape(-1, z.shape[-1]).numpy()})
-        out = torch.from_numpy(logits)
+        out = torch.from_numpy(self.run_decoder(z.reshape(-1, z.shape[-1]).numpy()))
         return out.reshape(*lead, *out.shape[1:])
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def versions(model_dir: Path) -> list[int]:

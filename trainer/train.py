@@ -27,7 +27,9 @@ from trainer.export import OPSET, ExportError, export
 from trainer.likelihood import LIKELIHOODS, Likelihood, mean
 from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
-from trainer.scores import anomaly_scores, calibrate
+from trainer.scores import anomaly_scores
+from vae_contract.manifest import FORMAT_VERSION, MODEL_NAME, Manifest
+from vae_contract.scores import calibrate
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -118,7 +120,7 @@ def _check(c: TrainConfig) -> str | None:
         return "need 0 < --lr and 0 <= --lr-min <= --lr"
     if c.version is not None and c.version < 1:
         return "--version must be a positive integer"
-    if not store.NAME.match(Path(c.out).name):
+    if not MODEL_NAME.fullmatch(Path(c.out).name):
         return f"--out must end in a model name like 'mnist' (a-z, 0-9, . _ -), got {c.out!r}"
     return None
 
@@ -281,10 +283,10 @@ def publish(
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
-        held_out = anomaly_scores(graphs.encode, graphs.decode, likelihood, validation)
+        held_out = anomaly_scores(graphs, likelihood, validation)
         shape = Shape(*train.shape[1:])
         manifest = {
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
             "name": model_dir.name,
             "version": version,
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -321,6 +323,7 @@ def publish(
             "metrics": {"test": metrics},
             "calibration": calibrate(held_out),
         }
+        Manifest.model_validate(manifest)  # never publish what the service would refuse
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if c.report:
             _write_report(staged / "report", graphs, likelihood, test, state.history, c.seed)

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
-from app.config import MODEL_NAME
 from app.deps import RegistryDep, SettingsDep
 from app.errors import NotFound
 from app.registry import ModelVersion
 from app.routes import SummaryRoute
 from app.schemas import ErrorDetail, ModelDetail, ModelsResponse
+from vae_contract.manifest import MODEL_NAME
 
 router = APIRouter(tags=["models"], route_class=SummaryRoute)
 

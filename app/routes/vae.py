@@ -10,12 +10,12 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app import inference, scores
+from app import inference
 from app.deps import ModelName, Version, leased, settings_of
 from app.errors import Unprocessable
-from app.images import encode_png
 from app.inputs import NPY, read_images, read_latents
 from app.registry import ModelVersion
+from app.render import encode_png, map_png
 from app.routes import QueryRoute
 from app.schemas import (
     NPZ,
@@ -28,7 +28,8 @@ from app.schemas import (
     npz,
     wants_npz,
 )
-from app.scores import Score
+from vae_contract import scores
+from vae_contract.scores import Score
 
 router = APIRouter(tags=["vae"], route_class=QueryRoute)
 
@@ -318,5 +319,5 @@ async def elbo_map(
     with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize)
         means, nats = await inference.reconstruct(mv, x)
-        png = await run_in_threadpool(scores.map_png, x, means, nats, zoom)
+        png = await run_in_threadpool(map_png, x, means, nats, zoom)
         return Response(png, media_type="image/png", headers=_headers(mv))

@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from app.manifest import GraphSpec, Manifest
+from vae_contract.graphs import session_options
+from vae_contract.manifest import GraphSpec, Manifest
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -60,24 +61,6 @@ def providers(device: Device) -> list[str]:
     if device == "cpu" or not has_cuda:
         return [CPU]
     return [CUDA, CPU]
-
-
-def session_options(threads: int) -> Any:
-    """Options for small CPU machines.
-
-    Spinning threads busy-wait for work between ops; on 2 shared cores they
-    starve each other and the batcher's own thread, and throughput collapses
-    at large batches. One inter-op thread: these graphs are chains.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only; ORT warns about unused initializers
-    return options
 
 
 def read_manifest(folder: Path) -> Manifest:

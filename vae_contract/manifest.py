@@ -1,16 +1,19 @@
-"""`manifest.json`, as docs/manifest.md defines it: the service's only view of a model."""
+"""`manifest.json`, as docs/manifest.md defines it: the service's only view of a model,
+and what the trainer validates before it publishes one."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from datetime import datetime
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from app.config import MODEL_NAME
-
+# The store's folder names; also what a `model` query may be.
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+FORMAT_VERSION = 1
 Likelihood = Literal["bernoulli", "continuous_bernoulli"]
 Dim = int | str  # a static size, or the name of a dynamic axis ("batch")
 
@@ -103,7 +106,7 @@ class Calibration(_Strict):
 
 
 class Manifest(_Strict):
-    format_version: Literal[1]
+    format_version: Literal[1]  # FORMAT_VERSION
     name: str = Field(pattern=f"^{MODEL_NAME.pattern}$")
     version: PositiveInt
     created: datetime

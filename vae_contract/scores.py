@@ -1,36 +1,40 @@
-"""Anomaly scores, their calibrated thresholds, and the reconstruction-error map,
-exactly as docs/manifest.md ("Anomaly scores") defines them. Higher is more anomalous.
+"""Anomaly scores and their calibration, as docs/manifest.md ("Anomaly scores",
+"Calibration") defines them. Higher is more anomalous.
 
 - `elbo`: -ELBO (k = 1) or minus the importance-weighted bound (k > 1).
 - `iwae`: the same bound, by default at the k it was calibrated with (Burda et al. 2016).
 - `complexity`: -bound - ln 2 · L(x), L(x) the PNG code length of x in bits
   (input complexity, Serrà et al. 2020): robust to simple images that a
   likelihood model rates too highly (Nalisnick et al. 2019).
+
+The trainer calibrates (quantiles of each score on held-out normal images);
+the service turns a request's false-positive rate into a threshold and an
+image's score into a percentile. Both call these functions.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+import PIL
+from PIL import Image, features
 
-from app import vae
-from app.manifest import Calibration
+from vae_contract.manifest import Calibration
 
 Score = Literal["elbo", "iwae", "complexity"]
+SCORES: tuple[Score, ...] = ("elbo", "iwae", "complexity")
 IW_K = 64  # the iwae score's k when its calibration names none
 PNG_LEVEL = 9
-# The heat map's colour scale: 0 nats black, through red and yellow, white at and
-# above this many nats of -log p(x_i|z) (a pixel value the model gives p ≈ 0.7%).
-HEAT_NATS = 5.0
+# The calibration's quantile levels: dense in the tails, where thresholds live.
+LEVELS = [0.0, 0.001, 0.002, 0.005, *[i / 100 for i in range(1, 100)], 0.995, 0.998, 0.999, 1.0]
 
 
 def png_bits(x: np.ndarray) -> np.ndarray:
     """x (N, C, H, W) in [0, 1] -> (N,) float64: 8 · len(PNG of round(255·x)), Pillow,
-    8-bit L or RGB, compress_level=9. Blocking: run it off the event loop."""
+    8-bit L or RGB, compress_level=9. Blocking: the service runs it off the event loop."""
     as_bytes = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
     bits = np.empty(len(x))
     for i, image in enumerate(as_bytes):
@@ -41,6 +45,16 @@ def png_bits(x: np.ndarray) -> np.ndarray:
         )
         bits[i] = 8 * len(out.getvalue())
     return bits
+
+
+def compressor() -> dict[str, Any]:
+    """What made the code lengths: zlib builds may differ in a byte or two."""
+    return {
+        "format": "png",
+        "library": f"Pillow {PIL.__version__}",
+        "zlib": features.version("zlib"),
+        "compress_level": PNG_LEVEL,
+    }
 
 
 def anomaly(bound: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
@@ -63,7 +77,7 @@ def threshold(calibration: Calibration | None, score: Score, fpr: float) -> floa
     if calibration is None:
         return None
     if score == "elbo":  # calibrated as the ELBO itself: its fpr-quantile, negated
-        return -vae.threshold(calibration, fpr)
+        return -float(np.interp(fpr, calibration.levels, calibration.elbo_quantiles))
     entry = calibration.scores.get(score)
     if entry is None:
         return None
@@ -76,35 +90,43 @@ def percentile(calibration: Calibration | None, score: Score, s: np.ndarray) -> 
     if calibration is None:
         return None
     if score == "elbo":
-        return vae.percentile(calibration, -s)
+        result: np.ndarray = 100.0 * np.interp(-s, calibration.elbo_quantiles, calibration.levels)
+        return result
     entry = calibration.scores.get(score)
     if entry is None:
         return None
-    result: np.ndarray = 100.0 * (1.0 - np.interp(s, entry.quantiles, calibration.levels))
+    result = 100.0 * (1.0 - np.interp(s, entry.quantiles, calibration.levels))
     return result
 
 
-def _heat(nats: np.ndarray) -> np.ndarray:
-    """(H, W) nats -> (3, H, W) in [0, 1], the 'hot' ramp: black, red, yellow, white."""
-    t = np.clip(nats / HEAT_NATS, 0.0, 1.0)
-    return np.stack([np.clip(3 * t - i, 0.0, 1.0) for i in range(3)])
+def _quantiles(values: np.ndarray) -> list[float]:
+    return [round(float(v), 4) for v in np.quantile(values, LEVELS)]
 
 
-def _rgb(images: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) -> (N, 3, H, W): RGB as is, anything else as its grey mean."""
-    if images.shape[1] == 3:
-        return images
-    return np.repeat(images.mean(axis=1, keepdims=True), 3, axis=1)
+def calibrate(scores: dict[str, np.ndarray], k: int = IW_K, seed: int = 0) -> dict[str, Any]:
+    """The manifest's `calibration` from each score of held-out normal images.
 
-
-def map_png(x: np.ndarray, means: np.ndarray, nats: np.ndarray, zoom: int) -> bytes:
-    """One row per image: input | reconstruction | -log p(x_i|z) heat map, as an RGB PNG
-    of N·H·zoom × 3·W·zoom pixels. x, means (N, C, H, W) in [0, 1]; nats (N, H, W)."""
-    n, _, h, w = x.shape
-    rows = np.concatenate([_rgb(x), _rgb(means), np.stack([_heat(m) for m in nats])], axis=3)
-    tile = rows.transpose(1, 0, 2, 3).reshape(3, n * h, 3 * w)  # rows stacked vertically
-    tile = tile.repeat(zoom, axis=1).repeat(zoom, axis=2)
-    image = Image.fromarray(np.rint(tile * 255.0).astype(np.uint8).transpose(1, 2, 0))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    The plain ELBO keeps its historical form (`elbo_quantiles`, of the ELBO itself);
+    every other score is under `scores`, as quantiles of the anomaly score.
+    """
+    calibration: dict[str, Any] = {
+        "split": "validation",
+        "n": len(scores["elbo"]),
+        "k": 1,
+        "seed": seed,
+        "statistic": "elbo",
+        "levels": LEVELS,
+        "elbo_quantiles": _quantiles(-scores["elbo"]),
+    }
+    extra: dict[str, Any] = {}
+    if "iwae" in scores:
+        extra["iwae"] = {"k": k, "quantiles": _quantiles(scores["iwae"])}
+    if "complexity" in scores:
+        extra["complexity"] = {
+            "k": 1,
+            "compressor": compressor(),
+            "quantiles": _quantiles(scores["complexity"]),
+        }
+    if extra:
+        calibration["scores"] = extra
+    return calibration
