@@ -1,4 +1,5 @@
-"""The optional API key (VAE_API_KEY): required everywhere but the health checks."""
+"""The optional API key (VAE_API_KEY): required everywhere but the health checks and the
+page's static files."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.routes import page
+
 # Orchestrators probe these without credentials.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The page's static files hold no data, and the page must load to ask for the key.
+_UNGUARDED = OPEN_PATHS | page.PATHS
 
 
 def _presented_key(headers: Headers) -> str | None:
@@ -34,7 +39,7 @@ class ApiKeyMiddleware:
         self.api_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in _UNGUARDED:
             await self.app(scope, receive, send)
             return
         presented = _presented_key(Headers(scope=scope))

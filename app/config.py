@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, every endpoint but /healthz and /readyz requires it."
     )
+    page: bool = Field(
+        default=True, description="Serve the page to try the models in a browser at /."
+    )
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="Seconds between store scans for new versions; 0 disables."
     )

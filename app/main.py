@@ -21,6 +21,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.registry import Registry
 from app.routes import models, ops, vae
+from app.routes.page import add_page
 
 DESCRIPTION = """\
 Serves variational autoencoders exported to ONNX by the vae-serve trainer:
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.extend(vae.router.routes)
     for router in (models.router, ops.router):
         app.include_router(router)
+    if settings.page:
+        add_page(app)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)

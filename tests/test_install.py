@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from containerfiles import ROOT, copy_sources, stage
 
+from app.routes import page
+
 STARTUP_S = 120  # a bound for a loaded 2-core machine, not a performance claim
 
 Command = list[str | Path]
@@ -149,6 +151,9 @@ def test_serving_install_has_no_torch_and_serves(
     try:
         assert poll(f"{base}/healthz", server, log, want=None) == 200
         assert poll(f"{base}/readyz", server, log, want=200) == 200
+        # The page's files are package data: a plain install serves them too.
+        for path in ("/", *(f"/page/{name}" for name in page.FILES)):
+            assert get(f"{base}{path}") == 200, path
         # What `docker stop` sends: the lifespan runs to its end, then uvicorn exits
         # by re-raising the signal.
         os.killpg(server.pid, signal.SIGTERM)
