@@ -163,21 +163,47 @@ def test_a_dropped_mnist_image_shows_its_reconstruction_and_heat_map(
     assert map_images(page) == [[1, 3 * MNIST_SIDE, MNIST_SIDE]] * 3
 
 
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_an_image_can_be_dropped_or_pasted(seen: Visit, digits: list[Path], how: str) -> None:
+    page = seen.open()
+    # What a drag from the file manager, or a paste of a copied file, hands the page.
+    transfer = page.evaluate_handle(
+        """([bytes, name]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            return transfer;
+        }""",
+        [list(digits[0].read_bytes()), digits[0].name],
+    )
+    if how == "drop":
+        page.dispatch_event("#canvas", "dragover", {"dataTransfer": transfer})
+        page.dispatch_event("#canvas", "drop", {"dataTransfer": transfer})
+    else:
+        page.evaluate(
+            "t => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: t}))",
+            transfer,
+        )
+    expect(page.locator("#input-note")).to_contain_text(digits[0].name)
+    assert scored(page) != "–"
+    assert map_images(page) == [[1, 3 * MNIST_SIDE, MNIST_SIDE]] * 3
+
+
 def test_a_file_that_is_no_image_shows_the_apis_message(
     seen: Visit, server: Server, tmp_path: Path
 ) -> None:
-    seen.expect_status(415, 400)
-    page = seen.open()
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"these are my notes, not a picture\n")
+    refused = httpx.post(f"{server.url}/elbo", files=upload(bad))
+    assert refused.status_code in {400, 415}
+    seen.expect_status(refused.status_code)
+    page = seen.open()
     page.set_input_files("#file", bad)
     page.wait_for_selector("#input-error:not([hidden])")
-    detail = httpx.post(f"{server.url}/elbo", files=upload(bad)).json()["detail"]
-    assert page.inner_text("#input-error") == detail
+    assert page.inner_text("#input-error") == refused.json()["detail"]
     assert page.inner_text("#n-anomaly") == "–"
 
 
-def test_a_sample_grid_comes_back_from_its_link(seen: Visit) -> None:
+def test_a_sample_grid_comes_back_from_its_link(seen: Visit, server: Server) -> None:
     page = seen.open()
     page.fill("#n", "4")
     page.fill("#temperature", "0.8")
@@ -198,6 +224,13 @@ def test_a_sample_grid_comes_back_from_its_link(seen: Visit) -> None:
     png = page.get_attribute("#sample-png", "href")
     assert png is not None
     assert seen.context.request.get(png).body() == grid  # the API's own PNG, the same bytes
+
+    # Beyond the server's limit (VAE_MAX_SAMPLES), the API says so next to the button.
+    too_many = httpx.get(f"{server.url}/sample?n=65")
+    seen.expect_status(too_many.status_code)
+    page.fill("#n", "65")
+    page.click("#sample-go")
+    expect(page.locator("#sample-error")).to_have_text(too_many.json()["detail"])
 
 
 def test_a_walk_between_two_images_decodes_the_line_between_their_means(

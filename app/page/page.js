@@ -105,8 +105,7 @@ async function guarded(errorId, action) {
 
 const state = {
   models: [], // /models
-  model: null, // { name, version, channels, height, width, latentDim }
-  scores: [], // from /openapi.json: the `score` parameter's enum
+  model: null, // { name, version, channels, height, width }
   calibrated: new Set(), // scores the chosen version's manifest calibrates
 };
 
@@ -140,7 +139,7 @@ async function chooseModel() {
   if (!info) return;
   const previous = state.model;
   const { channels, height, width } = info.input;
-  state.model = { name, version: info.version, channels, height, width, latentDim: info.latent_dim };
+  state.model = { name, version: info.version, channels, height, width };
   const kind = channels === 1 ? "grey" : channels === 3 ? "colour" : `${channels} channels`;
   $("model-info").textContent =
     `${width}×${height} ${kind} · latent ${info.latent_dim} · ${info.likelihood.replace("_", " ")} · ${info.provider.replace("ExecutionProvider", "")}`;
@@ -173,10 +172,10 @@ function fillScores(spec) {
   };
   const param = (name) => parameters.find((p) => p.name === name);
   const score = resolve(param("score")?.schema);
-  state.scores = score.enum ?? ["elbo"];
+  const names = score.enum ?? ["elbo"];
   const select = $("score-name");
-  select.replaceChildren(...state.scores.map((s) => new Option(s, s)));
-  select.value = score.default ?? param("score")?.schema?.default ?? state.scores[0];
+  select.replaceChildren(...names.map((name) => new Option(name, name)));
+  select.value = score.default ?? param("score")?.schema?.default ?? names[0];
   $("score-help").textContent = param("score")?.description ?? "";
   const fprDefault = Number(resolve(param("fpr")?.schema).default ?? 0.01);
   const rates = [...new Set([0.001, 0.005, 0.01, 0.02, 0.05, 0.1, fprDefault])].sort((a, b) => a - b);
