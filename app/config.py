@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="Seconds between store scans for new versions; 0 disables."
     )
+    # SIGTERM -> drain_s of serving while /readyz says "draining" -> close the socket ->
+    # at most shutdown_grace_s for requests in flight -> exit 0 (app/drain.py). An
+    # orchestrator's kill deadline (Kubernetes' terminationGracePeriodSeconds, default
+    # 30 s; `docker stop -t`, default 10 s) must leave room for both.
+    drain_s: int = Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="Seconds after SIGTERM that /readyz answers 503 while requests are served.",
+    )
+    shutdown_grace_s: int = Field(
+        default=20,
+        ge=0,
+        le=3600,
+        description="Most seconds requests in flight get once the socket is closed.",
+    )
     host: str = Field(default="127.0.0.1", description="Address uvicorn binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port uvicorn binds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

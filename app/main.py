@@ -6,17 +6,21 @@ Nothing happens at import; models are loaded in the lifespan.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
 from app.auth import ApiKeyMiddleware, document_api_key
 from app.config import Settings, get_settings
+from app.drain import DrainingServer
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.registry import Registry
@@ -88,11 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
     # there before; this one ends the process with status 0: stopped as asked, not killed.
     signal.signal(signal.SIGTERM, _stopped)
+    app = create_app(settings)
     # One worker: each would load every model and batch alone; scale with replicas instead.
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
-        workers=1,
         log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    server = DrainingServer(config, drain_s=settings.drain_s, on_drain=app.state.registry.drain)
+    # What uvicorn.run does around Server.run, which takes no server class of ours:
+    # Ctrl-C comes back as KeyboardInterrupt once the shutdown is done.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

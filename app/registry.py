@@ -143,6 +143,7 @@ class Registry:
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self.loaded_once = asyncio.Event()
+        self.draining = False
         self.stopping = False
 
     # -- lookups (synchronous: one request sees one table) ---------------------------
@@ -176,6 +177,8 @@ class Registry:
         """None when ready to serve the default model, else the reason why not."""
         if self.stopping:
             return "shutting down"
+        if self.draining:
+            return "draining"
         if not self.loaded_once.is_set():
             return f"loading models from {self.settings.model_store}"
         name = self.settings.default_model
@@ -252,6 +255,12 @@ class Registry:
         return mv
 
     # -- lifecycle ----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Say "not ready" (`draining`) while serving on: load balancers' cue to stop
+        sending before the server closes its socket (app/drain.py). Safe in a signal
+        handler: it only sets a flag."""
+        self.draining = True
 
     def start(self) -> None:
         """Load the store in the background, then poll it if reload_interval_s > 0."""

@@ -249,6 +249,7 @@ def service_env(store: Path, model: str) -> dict[str, str]:
         "VAE_DEFAULT_MODEL": model,
         "VAE_LOG_LEVEL": "warning",  # no access log, as for every peer
         "VAE_RELOAD_INTERVAL_S": "0",
+        "VAE_DRAIN_S": "0",  # no load balancer to tell: stop at once
     }
 
 
