@@ -20,7 +20,12 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY trainer ./trainer
 COPY vae_contract ./vae_contract
-RUN pip install --no-cache-dir .
+# The runtime needs no installer, and byte code only for what the service imports
+# at startup (compiling all of site-packages, onnxruntime's own tooling included,
+# adds 46 MB); -I keeps /src off sys.path, so the installed copy is imported.
+RUN pip install --no-cache-dir --no-compile . \
+    && python -m pip uninstall --yes pip setuptools \
+    && python -I -c "import uvicorn; from app.main import create_app; uvicorn.Config(create_app()).load()"
 
 # --- training image: docker compose --profile train run --rm train ---
 FROM ${PYTHON_IMAGE} AS train
