@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -117,6 +118,15 @@ def app_settings(values: dict[str, str]) -> Settings:
 
 
 # --- rendering and schemas --------------------------------------------------------
+
+
+def test_the_readmes_deploy_commands_are_the_ones_checked_here() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    applied = set(re.findall(r"kubectl (?:apply -k|kustomize) deploy/([\w/-]+)", section))
+    assert applied == set(KUSTOMIZATIONS)
+    for path in re.findall(r"`(deploy/[\w./-]+)`", section):
+        assert (ROOT / path).exists(), f"the README names {path}, which does not exist"
 
 
 def test_every_kustomization_in_deploy_is_checked() -> None:
