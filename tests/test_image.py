@@ -47,6 +47,9 @@ MB = 1e6  # as `docker images` counts
 # the stand-in at 207 MB: a budget that catches a dependency or a cache slipping in.
 ADDED_BUDGET_MB = 230
 NPY = {"content-type": "application/x-npy"}
+# The first test builds the image: on a fresh machine that means the stand-in base
+# (debootstrap) and a full pip install, minutes beyond pytest's default timeout.
+pytestmark = pytest.mark.timeout(1800)
 
 
 def docker(*args: str, timeout: float = 120) -> str:
@@ -235,7 +238,7 @@ async def test_docker_stop_drains_and_finishes_the_requests_in_flight(
     image: str, reference: Reference
 ) -> None:
     digits = read_mnist(3)
-    with running(image, VAE_DRAIN_S="1", VAE_SHUTDOWN_GRACE_S="60") as container:
+    with running(image, VAE_DRAIN_S="2", VAE_SHUTDOWN_GRACE_S="60") as container:
         held = [
             await HeldRequest.start(container.url, "/encode", npy(d[None]), NPY["content-type"])
             for d in digits
@@ -258,7 +261,7 @@ async def test_docker_stop_drains_and_finishes_the_requests_in_flight(
             np.testing.assert_allclose(body["results"][0]["mean"], mean[i], rtol=1e-5, atol=1e-6)
         await stop
         assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
-        assert "drained for 1 s after SIGTERM" in container.logs()
+        assert "drained for 2 s after SIGTERM" in container.logs()
 
 
 # --- docker compose ---------------------------------------------------------------------
@@ -295,7 +298,7 @@ def test_compose_brings_the_api_up_and_stops_it_cleanly(
     base = [compose_binary(), "--project-name", project, "--file", COMPOSE_FILE, "--file", override]
     env = os.environ | {"VAE_IMAGE_TAG": image.partition(":")[2]}
 
-    def compose(*args: str) -> str:
+    def compose(*args: str, check: bool = True) -> str:
         result = subprocess.run(
             [*base, *args],
             cwd=ROOT,
@@ -305,7 +308,7 @@ def test_compose_brings_the_api_up_and_stops_it_cleanly(
             timeout=180,
             check=False,
         )
-        assert result.returncode == 0, f"compose {' '.join(args)}:\n{result.stderr[-4000:]}"
+        assert result.returncode == 0 or not check, f"compose {args}:\n{result.stderr[-4000:]}"
         return result.stdout.strip()
 
     try:
@@ -326,4 +329,4 @@ def test_compose_brings_the_api_up_and_stops_it_cleanly(
         compose("stop", "api")
         assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
     finally:
-        compose("down", "--volumes")
+        compose("down", "--volumes", check=False)

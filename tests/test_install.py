@@ -87,7 +87,7 @@ def serving_venv(tmp_path: Path) -> Path:
             shutil.copytree(origin, src / source, ignore=ignore)
         else:
             shutil.copy2(origin, src / source)
-    assert "pip install --no-cache-dir ." in build.args("RUN")
+    assert any("pip install --no-cache-dir --no-compile . " in run for run in build.args("RUN"))
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv], cwd=tmp_path)
     # The pip cache stays on here (the image turns it off): it only makes this faster.
