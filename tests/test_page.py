@@ -27,7 +27,9 @@ BUNDLED = ROOT / "model_store"
 MNIST_SIDE = 28  # both bundled models take 28×28 grey images
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on this
+# thread while it is open, and async tests that run after it would find that loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
     with chromium() as browser:
