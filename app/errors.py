@@ -72,25 +72,24 @@ class Unavailable(ServiceError):
 RETRY_AFTER_S = "1"
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+def known_failure(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
+    """The status, sentence and headers to answer a known failure with; None for a bug.
+    Both the native API ({"detail": ...}) and the v2 protocol ({"error": ...}) use it."""
+    if isinstance(exc, ServiceError):
+        return exc.status_code, exc.detail, exc.headers
+    retry = {"Retry-After": RETRY_AFTER_S}
+    if isinstance(exc, QueueFull):
+        return 503, f"server busy: {exc}; retry shortly", retry
+    if isinstance(exc, BatcherClosed):
+        return 503, "the model version is being unloaded; retry", retry
+    return None
 
 
-async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"server busy: {exc}; retry shortly"},
-        503,
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
-
-
-async def _closed(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": "the model version is being unloaded; retry"},
-        503,
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
+async def _known(request: Request, exc: Exception) -> JSONResponse:
+    found = known_failure(exc)
+    assert found is not None
+    status, detail, headers = found
+    return JSONResponse({"detail": detail}, status, headers=headers)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -106,8 +105,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to HTTP; anything unexpected is a logged, opaque 500."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(QueueFull, _queue_full)
-    app.add_exception_handler(BatcherClosed, _closed)
+    for known in (ServiceError, QueueFull, BatcherClosed):
+        app.add_exception_handler(known, _known)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal)

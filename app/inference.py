@@ -6,12 +6,14 @@ concurrent requests share ONNX Runtime calls.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 
+from app.errors import Unprocessable
 from app.registry import ModelVersion
-from vae_contract import bounds
+from vae_contract import bounds, scores
 from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
 
 # Decode at most this many values (rows × D) per batcher submission, so /elbo
@@ -34,6 +36,22 @@ class Scores:
     reconstruction: np.ndarray  # E_q log p(x|z), the mean over the k samples
     kl: np.ndarray
     bits_per_dim: np.ndarray
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What /elbo says of each image for one anomaly score at one false-positive rate.
+    Thresholds and percentiles are None when the manifest does not calibrate the score."""
+
+    bounds: Scores
+    anomaly_score: np.ndarray  # (N,), higher is more anomalous
+    complexity_bits: np.ndarray | None  # (N,), the PNG code length, for score=complexity
+    threshold: float | None  # the anomaly score that normal images exceed with p = fpr
+    percentile: np.ndarray | None  # (N,)
+
+    @property
+    def is_anomaly(self) -> np.ndarray | None:
+        return None if self.threshold is None else self.anomaly_score > self.threshold
 
 
 def _eps(seed: int | None, n: int, k: int, latent_dim: int) -> np.ndarray:
@@ -97,3 +115,29 @@ async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.n
     (logits,) = await mv.decoder.submit(mean)
     terms = log_likelihood_terms(x, logits, manifest.likelihood)  # (N, C, H, W)
     return pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)
+
+
+def importance_samples(mv: ModelVersion, score: scores.Score, k: int | None, max_k: int) -> int:
+    """The k a request asked for, or the one its score was calibrated at; within the limit."""
+    k = scores.default_k(mv.manifest.calibration, score) if k is None else k
+    if k > max_k:
+        raise Unprocessable(f"k={k} is above the limit of {max_k}")
+    return k
+
+
+async def assess(
+    mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None, score: scores.Score, fpr: float
+) -> Assessment:
+    """x (N, C, H, W) -> its bounds, anomaly scores, and where they sit in the calibration."""
+    calibration = mv.manifest.calibration
+    found = await elbo(mv, x, k=k, seed=seed)
+    # PNG compression is blocking CPU work: off the event loop.
+    bits = await asyncio.to_thread(scores.png_bits, x) if score == "complexity" else None
+    anomaly = scores.anomaly(found.elbo, bits)
+    return Assessment(
+        bounds=found,
+        anomaly_score=anomaly,
+        complexity_bits=bits,
+        threshold=scores.threshold(calibration, score, fpr),
+        percentile=scores.percentile(calibration, score, anomaly),
+    )

@@ -144,12 +144,21 @@ async def read_images(
             raise PayloadTooLarge(f"{len(files)} images in one request; the limit is {limit}")
         if not files:
             raise Unprocessable("the batch is empty: send at least one image")
-    if array is not None and array.nbytes <= _INLINE_BYTES and not resize:
-        # Checking and scaling a few images takes microseconds, less than the hop.
-        return _to_x(files, array, manifest, settings, resize)
-    # Decoding and resizing are CPU work: off the event loop, like the model calls.
-    # Image files always go: a small file can still declare millions of pixels.
+    if array is not None:
+        return await pixels_to_x(array, manifest, settings, resize=resize)
+    # Decoding is CPU work: off the event loop, like the model calls. Image files
+    # always go: a small file can still declare millions of pixels.
     return await asyncio.to_thread(_to_x, files, array, manifest, settings, resize)
+
+
+async def pixels_to_x(
+    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: bool = False
+) -> np.ndarray:
+    """A pixel array (uint8 0-255 or floats 0-1) -> x, float32 (N, C, H, W), validated."""
+    if array.nbytes <= _INLINE_BYTES and not resize:
+        # Checking and scaling a few images takes microseconds, less than the hop.
+        return _to_x(None, array, manifest, settings, resize)
+    return await asyncio.to_thread(_to_x, None, array, manifest, settings, resize)
 
 
 def _to_x(
@@ -188,6 +197,11 @@ async def read_latents(request: Request, latent_dim: int, settings: Settings) ->
         if "z" not in payload:
             raise Unprocessable('the JSON body needs "z": a list of latent vectors')
         z = _numbers(payload["z"], "z")
+    return check_latents(z, latent_dim, settings)
+
+
+def check_latents(z: np.ndarray, latent_dim: int, settings: Settings) -> np.ndarray:
+    """Latents of any number type -> z, float32 (N, L), validated."""
     z = z.astype(np.float32)
     if z.size == 0:
         raise Unprocessable("the batch is empty: send at least one latent vector")

@@ -28,7 +28,6 @@ from app.schemas import (
     npz,
     wants_npz,
 )
-from vae_contract import scores
 from vae_contract.scores import Score
 
 router = APIRouter(tags=["vae"], route_class=QueryRoute)
@@ -261,17 +260,11 @@ async def elbo(
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
     settings = settings_of(request)
     with leased(request, model, version) as mv:
-        calibration = mv.manifest.calibration
-        k = scores.default_k(calibration, score) if k is None else k
-        if k > settings.max_k:
-            raise Unprocessable(f"k={k} is above the limit of {settings.max_k}")
+        k = inference.importance_samples(mv, score, k, settings.max_k)
         x = await read_images(request, mv.manifest, settings, resize=resize)
-        bounds = await inference.elbo(mv, x, k=k, seed=seed)
-        # PNG compression is blocking CPU work: off the event loop.
-        bits = await run_in_threadpool(scores.png_bits, x) if score == "complexity" else None
-        anomaly = scores.anomaly(bounds.elbo, bits)
-        limit = scores.threshold(calibration, score, fpr)
-        percentiles = scores.percentile(calibration, score, anomaly)
+        found = await inference.assess(mv, x, k=k, seed=seed, score=score, fpr=fpr)
+        bounds, bits, percentiles = found.bounds, found.complexity_bits, found.percentile
+        flags, limit = found.is_anomaly, found.threshold
         results = []
         for i, bound in enumerate(bounds.elbo.tolist()):
             results.append(
@@ -280,10 +273,10 @@ async def elbo(
                     "reconstruction": float(bounds.reconstruction[i]),
                     "kl": float(bounds.kl[i]),
                     "bits_per_dim": float(bounds.bits_per_dim[i]),
-                    "anomaly_score": float(anomaly[i]),
+                    "anomaly_score": float(found.anomaly_score[i]),
                     "complexity_bits": None if bits is None else float(bits[i]),
                     "percentile": None if percentiles is None else float(percentiles[i]),
-                    "is_anomaly": None if limit is None else bool(anomaly[i] > limit),
+                    "is_anomaly": None if flags is None else bool(flags[i]),
                 }
             )
         return NumpyJSON(
