@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.routes import page
 
 # Orchestrators probe these without credentials.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 # The page's static files hold no data, and the page must load to ask for the key.
 _UNGUARDED = OPEN_PATHS | page.PATHS
 
@@ -47,8 +47,11 @@ class ApiKeyMiddleware:
         if presented is not None and hmac.compare_digest(presented.encode(), self.api_key):
             await self.app(scope, receive, send)
             return
+        sentence = "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
+        # The v2 protocol's clients read its own error shape.
+        key = "error" if scope["path"].startswith("/v2") else "detail"
         response = JSONResponse(
-            {"detail": "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"},
+            {key: sentence},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address uvicorn binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port uvicorn binds.")
+    # Triton's default gRPC port, beside its 8000 for HTTP.
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC Open Inference Protocol service (same host); 0: off.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("default_model")

@@ -23,6 +23,8 @@ from app.config import Settings, get_settings
 from app.drain import DrainingServer
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
+from app.oip import grpc_service
+from app.oip import http as oip_http
 from app.registry import Registry
 from app.routes import models, ops, vae
 from app.routes.page import add_page
@@ -47,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Loading runs in the background: /healthz answers at once, /readyz says when.
         registry.start()
         try:
-            yield
+            async with grpc_service(settings, registry):
+                yield
         finally:
             await registry.stop()
 
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # wrappers, which cost the one-image /encode a fifth of its event-loop time
     # (bench/profile.md).
     app.router.routes.extend(vae.router.routes)
+    app.router.routes.extend(oip_http.router.routes)  # the same, for the v2 protocol's infer
     for router in (models.router, ops.router):
         app.include_router(router)
     if settings.page:

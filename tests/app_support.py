@@ -198,6 +198,7 @@ def serve(store: Path, cwd: Path, clean_log: bool = True, **settings: str) -> It
         "VAE_PORT": str(port),
         "VAE_DEVICE": "cpu",
         "VAE_DRAIN_S": "0",
+        "VAE_GRPC_PORT": "0",  # off unless a test asks (with a free port)
         **settings,
     }
     log = cwd / "server.log"

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from app_support import MNIST_TEST_IMAGES, TINY_MODEL, read_mnist
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_grpc_port() -> Iterator[None]:
+    """Apps built in tests serve no gRPC unless a test asks: its fixed default port
+    (8001) would collide between two apps, or with another test run on the machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAE_GRPC_PORT", "0")
+        yield
 
 
 @pytest.fixture(scope="session")
