@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("wrk") / "bench.lua"
 
 
@@ -26,6 +28,7 @@ class Body:
     content_type: str = ""
     images: int = 1  # images (or samples) one request carries
     accept: str = ""  # the Accept header, when the answer's format is asked for
+    headers: tuple[tuple[str, str], ...] = ()  # any others
 
     @property
     def method(self) -> str:
@@ -79,6 +82,7 @@ def wrk(url: str, body: Body, *, connections: int, seconds: int) -> Load:
         "BENCH_BODY": str(body.path or ""),
         "BENCH_CONTENT_TYPE": body.content_type,
         "BENCH_ACCEPT": body.accept,
+        "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in body.headers),
     }
     command = [
         "wrk",
@@ -96,6 +100,25 @@ def wrk(url: str, body: Body, *, connections: int, seconds: int) -> Load:
     )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse(done.stdout)
+
+
+def grpc_load(target: str, body: Body, *, connections: int, seconds: int) -> Load:
+    """bench/grpcload.py against a gRPC `target` (host:port): what wrk is for HTTP."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.grpcload",
+        target,
+        str(body.path),
+        f"--concurrency={connections}",
+        f"--seconds={seconds}",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False, cwd=ROOT
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"grpcload failed ({done.returncode}): {done.stderr.strip()}")
     return parse(done.stdout)
 
 

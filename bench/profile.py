@@ -42,6 +42,7 @@ CASES = {  # case -> (path, body file); as bench/run.py sends them
     "elbo-npy": ("/elbo", "one.npy"),
     "encode-bulk": ("/encode", "bulk.npy"),
     "encode-bulk-npz": ("/encode", "bulk.npy>npz"),
+    "v2-binary": ("/v2/models/mnist-encoder/infer", "v2.bin"),  # the v2 protocol, 1 image
 }
 # Steps of the request path, as frames whose inclusive time the summary reports.
 STEPS = {

@@ -10,6 +10,7 @@ from bench.loadgen import Load
 
 # Cell keys: (server, case, connections).
 SERVICE, UNBATCHED, NAIVE, BENTO = "vae-serve", "vae-serve, batching off", "naive", "BentoML"
+PYTRITON = "PyTriton"
 # case -> (request, body) as the tables show it
 CASES = {
     "healthz": ("GET /healthz", "-"),
@@ -22,6 +23,8 @@ CASES = {
     "elbo-bulk": ("POST /elbo, 256 images", ".npy"),
     "sample": ("GET /sample?n=64", "-"),
     "encode-json": ("POST /encode, 1 image", "JSON floats"),
+    "v2-binary": ("POST /v2/models/mnist-encoder/infer, 1 image", "UINT8 binary tensor"),
+    "v2-grpc": ("gRPC ModelInfer mnist-encoder, 1 image", "UINT8 raw_input_contents"),
 }
 Ceiling = dict[tuple[str, int], float]
 
@@ -53,6 +56,12 @@ class Round:
     unbatched: Cell | None = None  # the same as `encode` with batching off
     naive: Cell | None = None  # the naive server, 32 connections
     bento: Cell | None = None  # BentoML, 32 connections
+    # The v2 protocol, single-image mnist-encoder infer, 32 connections (gRPC: 32 calls
+    # in flight on one channel):
+    v2: Cell | None = None  # vae-serve over HTTP, binary tensors
+    triton: Cell | None = None  # PyTriton over HTTP, binary tensors
+    grpc: Cell | None = None  # vae-serve over gRPC
+    triton_grpc: Cell | None = None  # PyTriton over gRPC
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,61 @@ def targets(
     ]
 
 
+def _between(ours: str, reference: str) -> Side:
+    """The req/s of two cells of a round, for a target of their ratio."""
+
+    def rates(r: Round) -> tuple[float, float] | None:
+        a: Cell | None = getattr(r, ours)
+        b: Cell | None = getattr(r, reference)
+        if a is None or b is None or not b.load.rps:
+            return None
+        return a.load.rps, b.load.rps
+
+    return rates
+
+
+def protocol_targets(rounds: list[Round]) -> list[Target]:
+    """The Open Inference Protocol's targets (issue 13), from the rounds."""
+    return [
+        _paired(
+            "single-image v2 infer over HTTP, binary tensors: vae-serve vs PyTriton, 32 conns",
+            rounds,
+            1.5,
+            "req/s",
+            _between("v2", "triton"),
+        ),
+        _paired(
+            "single-image v2 infer over HTTP, binary tensors, vs vae-serve's own .npy /encode",
+            rounds,
+            0.9,
+            "req/s",
+            _between("v2", "encode"),
+        ),
+    ]
+
+
+def protocol_table(rounds: list[Round]) -> list[str]:
+    """Per round, single-image mnist-encoder infer by both servers and both transports,
+    with vae-serve's .npy /encode: req/s (p99 ms)."""
+
+    def rps(cell: Cell | None) -> str:
+        return "-" if cell is None else f"{_num(cell.load.rps)} ({cell.load.p99_ms:.1f})"
+
+    rows = [
+        [i, rps(r.encode), rps(r.v2), rps(r.triton), rps(r.grpc), rps(r.triton_grpc)]
+        for i, r in enumerate(rounds, 1)
+    ]
+    header = [
+        "round",
+        "vae-serve /encode .npy",
+        "vae-serve v2 HTTP binary",
+        "PyTriton v2 HTTP binary",
+        "vae-serve v2 gRPC",
+        "PyTriton v2 gRPC",
+    ]
+    return _table(header, rows)
+
+
 def rounds_table(rounds: list[Round]) -> list[str]:
     def rps(cell: Cell | None) -> str:
         return "-" if cell is None else f"{_num(cell.load.rps)} ({cell.load.p99_ms:.1f})"
@@ -348,6 +412,14 @@ service's vae_batch_size histogram, scraped before and after the cell.
   service's session options; its own JSON ndarray body; access log off.
 - in-process: ONNX Runtime called in a loop from Python, the service's session
   options; elbo adds reparameterize, log p(x|z) and the KL in numpy (vae_contract).
+- PyTriton: bench/pytriton_service.py, Triton Inference Server (nvidia-pytriton) in
+  front of the same encoder.onnx in ONNX Runtime with the service's session options,
+  dynamic batcher up to 256 rows, no queue delay; the v2 protocol's reference. Both
+  servers get the same v2 requests: one UINT8 image (the bytes of the .npy body) as a
+  binary tensor over HTTP (Inference-Header-Content-Length), as raw_input_contents over
+  gRPC, mean and log_var back as binary; both scale it to [0, 1] before the graph.
+  gRPC cells are loaded by bench/grpcload.py (grpcio's asyncio client, 32 calls in
+  flight on one channel), which costs more CPU per call than wrk.
 """
 
 
@@ -365,6 +437,7 @@ def document(
     targets: list[Target],
     rounds: list[Round],
     round_seconds: int,
+    protocol: list[Target] | None = None,
 ) -> str:
     """The whole results file."""
     lines = [
@@ -393,6 +466,20 @@ def document(
                 "",
             ]
             if rounds
+            else []
+        ),
+        *(
+            [
+                "## Open Inference Protocol (v2): targets",
+                "",
+                *targets_table(protocol),
+                "",
+                "Per round (req/s, p99 ms in brackets), the same rounds as above:",
+                "",
+                *protocol_table(rounds),
+                "",
+            ]
+            if protocol
             else []
         ),
         "## Single-image /encode: req/s (p99 ms) by connections",

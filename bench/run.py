@@ -2,7 +2,8 @@
 
 In one run, on one machine: the in-process ONNX Runtime ceiling, then each
 server in turn on 127.0.0.1 (vae-serve, vae-serve with batching off, the naive
-FastAPI + torch server, BentoML), loaded by wrk for a few seconds per cell.
+FastAPI + torch server, BentoML, PyTriton for the v2 protocol), loaded by wrk (and
+bench/grpcload.py for gRPC) for a few seconds per cell.
 Only one server runs at a time. The tables go to stdout and to --out.
 """
 
@@ -34,15 +35,17 @@ from PIL import Image
 
 from bench import report
 from bench.ceiling import ceiling
-from bench.loadgen import Body, mean_batch, scrape, wrk
-from bench.report import BENTO, NAIVE, SERVICE, UNBATCHED, Cell
+from bench.loadgen import Body, Load, grpc_load, mean_batch, scrape, wrk
+from bench.report import BENTO, NAIVE, PYTRITON, SERVICE, UNBATCHED, Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 BENTO_PYTHON = ROOT / "bench" / ".venv-bento" / "bin" / "python"
+PYTRITON_PYTHON = ROOT / "bench" / ".venv-pytriton" / "bin" / "python"
 BULK = 256  # images per bulk request
 BOUNDARY = "vaebenchboundary"
-SERVER_KEYS = ["vae-serve", "unbatched", "naive", "bentoml"]
+SERVER_KEYS = ["vae-serve", "unbatched", "naive", "bentoml", "pytriton"]
+V2_INFER = "/v2/models/mnist-encoder/infer"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Server:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     ready: str = "/readyz"
+    grpc_port: int | None = None  # the v2 protocol's gRPC service, if it has one
 
     @property
     def url(self) -> str:
@@ -81,6 +85,33 @@ def _png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def v2_bodies(one: np.ndarray) -> dict[str, tuple[bytes, str, tuple[tuple[str, str], ...]]]:
+    """One image as the v2 protocol's infer request, as tritonclient sends it: over HTTP
+    a JSON header and the tensor as binary data, all outputs asked for as binary; over
+    gRPC a ModelInferRequest with raw_input_contents. The pixels are UINT8, the bytes
+    of the .npy /encode body."""
+    x = np.ascontiguousarray(one[:, None])  # (1, 1, 28, 28) uint8
+    tensor = {"name": "x", "datatype": "UINT8", "shape": list(x.shape)}
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    length = (("Inference-Header-Content-Length", str(len(header))),)
+    # Imported here: the generated messages take the `inference` protobuf package of
+    # the process, which tests that import bench modules beside tritonclient need free.
+    from app.oip import inference_pb2
+
+    request = inference_pb2.ModelInferRequest(model_name="mnist-encoder")
+    request.inputs.add(**tensor)
+    request.raw_input_contents.append(x.tobytes())
+    return {
+        "v2.bin": (header + x.tobytes(), "application/octet-stream", length),
+        "v2.grpc": (request.SerializeToString(), "application/grpc", ()),
+    }
+
+
 def write_bodies(folder: Path, images: np.ndarray) -> dict[str, Body]:
     """The request bodies of every case, written once into `folder`."""
     one = images[:1]  # (1, 28, 28) uint8
@@ -105,6 +136,9 @@ def write_bodies(folder: Path, images: np.ndarray) -> dict[str, Body]:
     for name, (data, content_type, count) in contents.items():
         (folder / name).write_bytes(data)
         bodies[name] = Body(folder / name, content_type, count)
+    for name, (data, content_type, headers) in v2_bodies(one).items():
+        (folder / name).write_bytes(data)
+        bodies[name] = Body(folder / name, content_type, headers=headers)
     # The same 256 images, the answer asked for as one .npz instead of JSON.
     bodies["bulk.npy>npz"] = dataclasses.replace(bodies["bulk.npy"], accept="application/x-npz")
     return bodies
@@ -169,22 +203,38 @@ class Bench:
         *,
         seconds: int | None = None,
         warmup: int | None = None,
+        grpc: bool = False,
     ) -> Cell:
-        """Warm up, then measure one cell; the batch size comes from /metrics when asked."""
-        url = server.url + path
+        """Warm up, then measure one cell; the batch size comes from /metrics when asked.
+        With `grpc`, the server's gRPC port is loaded instead of `path`."""
+
+        def run(seconds: int) -> Load:
+            if grpc:
+                target = f"127.0.0.1:{server.grpc_port}"
+                return grpc_load(target, body, connections=connections, seconds=seconds)
+            return wrk(server.url + path, body, connections=connections, seconds=seconds)
+
         warmup = self.warmup if warmup is None else warmup
         if warmup:
-            wrk(url, body, connections=connections, seconds=warmup)
+            run(warmup)
         before = scrape(server.url) if graph else ""
-        load = wrk(url, body, connections=connections, seconds=seconds or self.seconds)
+        load = run(seconds or self.seconds)
         batch = mean_batch(before, scrape(server.url), graph) if graph else None
         return Cell(server.name, case, connections, body.images, load, batch)
 
     def cell(
-        self, server: Server, case: str, path: str, body: Body, connections: int, graph: str = ""
+        self,
+        server: Server,
+        case: str,
+        path: str,
+        body: Body,
+        connections: int,
+        graph: str = "",
+        *,
+        grpc: bool = False,
     ) -> None:
         """Measure one cell of the results table, and print its row."""
-        cell = self.measure(server, case, path, body, connections, graph)
+        cell = self.measure(server, case, path, body, connections, graph, grpc=grpc)
         self.cells.append(cell)
         print(report.http_table([cell])[-1], flush=True)
 
@@ -219,6 +269,19 @@ def _versions() -> str:
                 check=True,
             ).stdout.strip()
             found.append(f"bentoml {bento}")
+    if PYTRITON_PYTHON.exists():
+        with contextlib.suppress(subprocess.SubprocessError):
+            pytriton = subprocess.run(
+                [str(PYTRITON_PYTHON), "-m", "pip", "show", "nvidia-pytriton"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            found += [
+                f"nvidia-pytriton {line.split()[-1]}"
+                for line in pytriton.splitlines()
+                if line.startswith("Version:")
+            ]
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     found.append(wrk_version.split("[")[0].strip() or "wrk")
     return ", ".join(found)
@@ -250,6 +313,7 @@ def service_env(store: Path, model: str) -> dict[str, str]:
         "VAE_LOG_LEVEL": "warning",  # no access log, as for every peer
         "VAE_RELOAD_INTERVAL_S": "0",
         "VAE_DRAIN_S": "0",  # no load balancer to tell: stop at once
+        "VAE_GRPC_PORT": "0",  # only the server whose gRPC is measured serves it
     }
 
 
@@ -263,11 +327,18 @@ def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server
     bento = [str(BENTO_PYTHON), "-m", "bentoml", "serve", "bench.bento_service:VaeEncoder"]
     peer_env = {"BENCH_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "True"}
     unbatched = {**quiet, "VAE_MAX_BATCH_SIZE": "1", "VAE_MAX_DELAY_MS": "0"}
+    pytriton = [str(PYTRITON_PYTHON), "-m", "bench.pytriton_service"]
+    pytriton += ["--http-port", "8105", "--grpc-port", "8106", "--metrics-port", "8107"]
     return {
-        "vae-serve": Server(SERVICE, [*vae_serve, "8101"], 8101, quiet),
+        "vae-serve": Server(
+            SERVICE, [*vae_serve, "8101"], 8101, {**quiet, "VAE_GRPC_PORT": "8111"}, grpc_port=8111
+        ),
         "unbatched": Server(UNBATCHED, [*vae_serve, "8102"], 8102, unbatched),
         "naive": Server(NAIVE, naive, 8103, peer_env, ready="/healthz"),
         "bentoml": Server(BENTO, [*bento, "--port", "8104"], 8104, peer_env),
+        "pytriton": Server(
+            PYTRITON, pytriton, 8105, peer_env, ready="/v2/health/ready", grpc_port=8106
+        ),
     }
 
 
@@ -280,6 +351,12 @@ def measure(
     bulk_conns: int,
 ) -> None:
     """The cells of one server (it is running)."""
+    if key == "pytriton":
+        for n in conns:
+            bench.cell(server, "v2-binary", V2_INFER, bodies["v2.bin"], n)
+        for n in conns:
+            bench.cell(server, "v2-grpc", "", bodies["v2.grpc"], n, grpc=True)
+        return
     if key in {"naive", "bentoml"}:
         body = bodies["naive.json" if key == "naive" else "bento.json"]
         for n in conns:
@@ -300,6 +377,10 @@ def measure(
     ):
         for n in conns:
             bench.cell(server, case, path, bodies[name], n, graph="encoder")
+    for n in conns:
+        bench.cell(server, "v2-binary", V2_INFER, bodies["v2.bin"], n, graph="encoder")
+    for n in conns:
+        bench.cell(server, "v2-grpc", "", bodies["v2.grpc"], n, graph="encoder", grpc=True)
     for case, path, name in (
         ("encode-bulk", "/encode", "bulk.npy"),
         ("encode-bulk-npz", "/encode", "bulk.npy>npz"),
@@ -328,9 +409,12 @@ def paired_rounds(
     ours = servers["vae-serve"]
     cell = functools.partial(bench.measure, seconds=seconds, warmup=0)
     one = bodies["one.npy"]
+    v2, v2_grpc = bodies["v2.bin"], bodies["v2.grpc"]
     single: dict[str, Callable[[], Cell]] = {
         "healthz": lambda: cell(ours, "healthz", "/healthz", Body(None), 32),
         "encode": lambda: cell(ours, "encode-npy", "/encode", one, 32, "encoder"),
+        "v2": lambda: cell(ours, "v2-binary", V2_INFER, v2, 32, "encoder"),
+        "grpc": lambda: cell(ours, "v2-grpc", "", v2_grpc, 32, "encoder", grpc=True),
     }
     if "unbatched" in servers:
         unbatched = servers["unbatched"]
@@ -340,6 +424,10 @@ def paired_rounds(
             single[name] = functools.partial(
                 cell, servers[key], "encode-json", "/encode", bodies[body], 32
             )
+    if "pytriton" in servers:
+        triton = servers["pytriton"]
+        single["triton"] = lambda: cell(triton, "v2-binary", V2_INFER, v2, 32)
+        single["triton_grpc"] = lambda: cell(triton, "v2-grpc", "", v2_grpc, 32, grpc=True)
 
     def in_process() -> float:
         rate = ceiling(version_dir, [BULK], threads=threads, seconds=seconds / 2, ops=("encode",))
@@ -406,11 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.seconds, args.warmup)
     rounds: list[report.Round] = []
     servers = make_servers(store, args.model, version_dir)
-    if "bentoml" in args.servers and not BENTO_PYTHON.exists():
-        print(f"BentoML skipped: {BENTO_PYTHON} is missing (bash bench/run.sh makes it)")
-    chosen = {
-        key: servers[key] for key in args.servers if key != "bentoml" or BENTO_PYTHON.exists()
-    }
+    venvs = {"bentoml": BENTO_PYTHON, "pytriton": PYTRITON_PYTHON}
+    for key, python in venvs.items():
+        if key in args.servers and not python.exists():
+            print(f"{servers[key].name} skipped: {python} is missing (bash bench/run.sh makes it)")
+    chosen = {key: servers[key] for key in args.servers if key not in venvs or venvs[key].exists()}
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp, contextlib.ExitStack() as up:
         bodies = write_bodies(Path(tmp), digits(args.images, BULK))
         # Every server stays up for the whole run, so the rounds can alternate between
@@ -435,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     found = report.targets(bench.cells, rates, args.bulk_connections, rounds)
+    protocol = report.protocol_targets(rounds)
     text = report.document(
         machine=_machine(load),
         versions=_versions(),
@@ -448,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         targets=found,
         rounds=rounds,
         round_seconds=args.round_seconds,
+        protocol=protocol,
     )
     args.out.write_text(text)
     print()

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from containerfiles import ROOT, copy_sources, stage
 
@@ -132,10 +133,14 @@ def test_serving_install_has_no_torch_and_serves(
     assert show.returncode != 0 and "not found" in show.stderr.lower(), show.stdout
 
     store = bundled_or_trained_store(request)
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     env = clean_env(
-        VAE_HOST="127.0.0.1", VAE_PORT=str(port), VAE_MODEL_STORE=str(store), VAE_DEVICE="cpu"
+        VAE_HOST="127.0.0.1",
+        VAE_PORT=str(port),
+        VAE_GRPC_PORT=str(grpc_port),
+        VAE_MODEL_STORE=str(store),
+        VAE_DEVICE="cpu",
     )
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -154,6 +159,11 @@ def test_serving_install_has_no_torch_and_serves(
         # The page's files are package data: a plain install serves them too.
         for path in ("/", *(f"/page/{name}" for name in page.FILES)):
             assert get(f"{base}{path}") == 200, path
+        # The gRPC service too (its generated stubs import with the serving install's
+        # grpcio and protobuf): ServerLive, an empty request, answers live = true.
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            assert live(b"", timeout=30) == b"\x08\x01"
         # What `docker stop` sends: the lifespan runs to its end, then uvicorn exits
         # by re-raising the signal.
         os.killpg(server.pid, signal.SIGTERM)

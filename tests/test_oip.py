@@ -8,8 +8,10 @@ either route.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from app_support import ROOT, Reference, Server, free_port, npy, read_mnist, serve
+from app_support import ROOT, Reference, Server, free_port, npy, read_mnist, require, serve
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -665,3 +667,32 @@ def test_the_readmes_tritonclient_example_works(tmp_path: Path) -> None:
     printed = done.stdout.splitlines()
     assert printed[0] == "(1, 50)", done.stdout
     assert re.fullmatch(r"\[-[\d.]+\] \[(True|False)\]", printed[1]), done.stdout
+
+
+# -- the benchmark's v2 cells send requests the server answers ----------------------------
+
+
+def test_the_benchmarks_v2_requests_are_answered(served: Served, tmp_path: Path) -> None:
+    """bench/run.py's v2 bodies through wrk (HTTP, binary tensors) and bench/grpcload.py
+    (gRPC), briefly: every request answered with a 200 / OK. No timing is asserted."""
+    require(shutil.which("wrk") is not None, "wrk is not installed (bench/run.sh installs it)")
+    if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not a package
+        sys.path.insert(0, str(ROOT))
+    from bench.loadgen import Body, grpc_load, wrk
+
+    # In a process of its own: the bodies are made with our generated messages, which
+    # cannot share this process with tritonclient's.
+    script = (
+        "import sys; from pathlib import Path; from bench.run import MNIST, digits, write_bodies;"
+        "write_bodies(Path(sys.argv[1]), digits(MNIST, 256))"
+    )
+    made = subprocess.run([sys.executable, "-c", script, tmp_path], cwd=ROOT, capture_output=True)
+    assert made.returncode == 0, made.stderr.decode()
+    raw = (tmp_path / "v2.bin").read_bytes()
+    header = len(raw) - 784  # one UINT8 image after the JSON
+    assert json.loads(raw[:header])["inputs"][0]["parameters"]["binary_data_size"] == 784
+    body = Body(tmp_path / "v2.bin", headers=(("Inference-Header-Content-Length", str(header)),))
+    http = wrk(f"{served.server.url}/v2/models/mnist-encoder/infer", body, connections=4, seconds=1)
+    assert http.requests > 0 and http.errors == 0, http.error_kinds
+    rpc = grpc_load(served.grpc, Body(tmp_path / "v2.grpc"), connections=4, seconds=1)
+    assert rpc.requests > 0 and rpc.errors == 0, rpc.error_kinds

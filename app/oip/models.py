@@ -15,6 +15,7 @@ so the same pixels give the same numbers by either API.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,7 +76,16 @@ class Target:
 
     @property
     def signature(self) -> Signature:
-        return signature(self.mv.manifest, self.role)
+        # Built once per loaded version: it is on the path of every request.
+        found = _SIGNATURES.setdefault(self.mv, {})
+        if self.role not in found:
+            found[self.role] = signature(self.mv.manifest, self.role)
+        return found[self.role]
+
+
+_SIGNATURES: weakref.WeakKeyDictionary[ModelVersion, dict[Role, Signature]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _split(name: str) -> tuple[str, Role]:
@@ -209,10 +219,15 @@ _PARAMETERS: dict[Role, type[_Parameters]] = {
 }
 
 
+_DEFAULTS = {role: model() for role, model in _PARAMETERS.items()}
+
+
 def read_parameters(target: Target, given: Mapping[str, Value]) -> Any:
     """The request's parameters for this model, validated as the native query parameters
     are (422 for a bad value); an unknown name is a 400 that lists the known ones."""
     model = _PARAMETERS[target.role]
+    if not given:
+        return _DEFAULTS[target.role]
     unknown = sorted(set(given) - set(model.model_fields))
     if unknown:
         known = ", ".join(model.model_fields) or "none"

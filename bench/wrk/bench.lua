@@ -4,6 +4,8 @@
 --   BENCH_BODY          a file whose bytes are the body (read once, here)
 --   BENCH_CONTENT_TYPE  the body's Content-Type
 --   BENCH_ACCEPT        an Accept header, if not empty
+--   BENCH_HEADERS       more headers, one "Name: value" per line (the v2 protocol's
+--                       Inference-Header-Content-Length)
 -- done() prints one line, "BENCH {json}", that the orchestrator parses.
 
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
@@ -17,6 +19,9 @@ end
 local accept = os.getenv("BENCH_ACCEPT")
 if accept ~= nil and accept ~= "" then
   wrk.headers["Accept"] = accept
+end
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
 end
 
 function done(summary, latency, requests)
