@@ -383,7 +383,7 @@ BAD_REQUESTS = [
     ("mnist-encoder", "x", np.zeros((0, 1, 28, 28), np.uint8), {}, None, 422,
      "INVALID_ARGUMENT", "the batch is empty"),
     ("fashion-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, None, 404, "NOT_FOUND",
-     "no model 'fashion-encoder': no model named 'fashion' is loaded"),
+     "'fashion-encoder': no model named 'fashion' is loaded"),
     ("mnist-classifier", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, None, 404, "NOT_FOUND",
      "protocol models are named <model>-encoder, <model>-decoder or <model>-elbo"),
 ]  # fmt: skip

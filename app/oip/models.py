@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -112,10 +112,11 @@ def _version(name: str, version: str) -> int | None:
 def resolve(registry: Registry, name: str, version: str = "") -> Target:
     """The protocol model a request names, or NotFound / Unavailable as for the native API."""
     model, role = _split(name)
+    number = _version(name, version)
     try:
-        return Target(registry.resolve(model, _version(name, version)), role)
-    except NotFound as exc:
-        raise NotFound(f"no model {name!r}: {exc.detail}") from None
+        return Target(registry.resolve(model, number), role)
+    except NotFound as exc:  # the registry speaks of store models: say which protocol model
+        raise NotFound(f"{name!r}: {exc.detail}") from None
 
 
 @contextmanager
@@ -124,11 +125,6 @@ def leased(registry: Registry, name: str, version: str = "") -> Iterator[Target]
     target = resolve(registry, name, version)
     with target.mv.lease():
         yield target
-
-
-def names(registry: Registry) -> list[str]:
-    """Every protocol model being served."""
-    return [f"{model}-{role}" for model in registry.models() for role in ROLES]
 
 
 def metadata(registry: Registry, name: str, version: str = "") -> dict[str, Any]:
@@ -195,6 +191,9 @@ class _Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+P = TypeVar("P", bound=_Parameters)
+
+
 # The native endpoints' query parameters: the same names, meanings and defaults.
 
 
@@ -212,26 +211,23 @@ class ElboParameters(_Parameters):
     resize: bool = False
 
 
-_PARAMETERS: dict[Role, type[_Parameters]] = {
-    "encoder": EncoderParameters,
-    "decoder": _Parameters,
-    "elbo": ElboParameters,
+_KNOWN = {
+    "encoder": list(EncoderParameters.model_fields),
+    "decoder": [],
+    "elbo": list(ElboParameters.model_fields),
 }
 
 
-_DEFAULTS = {role: model() for role, model in _PARAMETERS.items()}
-
-
-def read_parameters(target: Target, given: Mapping[str, Value]) -> Any:
+def read_parameters(model: type[P], target: Target, given: Mapping[str, Value]) -> P:
     """The request's parameters for this model, validated as the native query parameters
     are (422 for a bad value); an unknown name is a 400 that lists the known ones."""
-    model = _PARAMETERS[target.role]
     if not given:
-        return _DEFAULTS[target.role]
-    unknown = sorted(set(given) - set(model.model_fields))
+        return model()
+    known = _KNOWN[target.role]
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        known = ", ".join(model.model_fields) or "none"
-        raise BadRequest(f"{target.name} has no parameter {unknown[0]!r}; its parameters: {known}")
+        listed = ", ".join(known) or "none"
+        raise BadRequest(f"{target.name} has no parameter {unknown[0]!r}; its parameters: {listed}")
     try:
         return model.model_validate(dict(given))
     except ValidationError as exc:
@@ -241,6 +237,9 @@ def read_parameters(target: Target, given: Mapping[str, Value]) -> Any:
 
 
 # -- inference ----------------------------------------------------------------------------
+
+
+Outputs = dict[str, np.ndarray | None]  # None: not computed for this request
 
 
 @dataclass(frozen=True)
@@ -264,7 +263,7 @@ def _check_outputs(target: Target, requested: Sequence[str] | None) -> None:
 
 
 def _pick(
-    target: Target, available: dict[str, np.ndarray | None], requested: Sequence[str] | None
+    target: Target, available: Outputs, requested: Sequence[str] | None
 ) -> dict[str, np.ndarray]:
     """The outputs asked for, or all that exist when none are named."""
     if requested is None:
@@ -294,40 +293,60 @@ async def infer(
     settings: Settings,
     requested: Sequence[str] | None = None,
 ) -> Answer:
-    """Run one inference request: parameters, inputs, the batched model, the outputs."""
-    mv = target.mv
-    parameters = read_parameters(target, given)
+    """Run one inference request: parameters and inputs checked before anything is
+    queued, then the batched model, then the outputs asked for."""
     _check_outputs(target, requested)
-    if target.role == "elbo":
-        k = inference.importance_samples(mv, parameters.score, parameters.k, settings.max_k)
-    arrays = read_inputs(target, tensors)
-    if target.role == "decoder":
-        z = check_latents(arrays["z"], mv.manifest.latent_dim, settings)
-        pixels = await inference.decode(mv, z)
-        return Answer(_pick(target, {"pixels": pixels.astype(np.float32)}, requested), {})
-    x = await pixels_to_x(arrays["x"], mv.manifest, settings, resize=parameters.resize)
-    if target.role == "encoder":
-        encoded = await inference.encode(mv, x, sample=parameters.sample, seed=parameters.seed)
-        latents = {"mean": encoded.mean, "log_var": encoded.log_var, "z": encoded.z}
-        return Answer(_pick(target, latents, requested), {})
+    run = {"encoder": _encode, "decoder": _decode, "elbo": _elbo}[target.role]
+    outputs, parameters = await run(target, tensors, given, settings)
+    return Answer(_pick(target, outputs, requested), parameters)
+
+
+async def _encode(
+    target: Target, tensors: Sequence[InputTensor], given: Mapping[str, Value], settings: Settings
+) -> tuple[Outputs, dict[str, Value]]:
+    mv = target.mv
+    parameters = read_parameters(EncoderParameters, target, given)
+    x = read_inputs(target, tensors)["x"]
+    x = await pixels_to_x(x, mv.manifest, settings, resize=parameters.resize)
+    encoded = await inference.encode(mv, x, sample=parameters.sample, seed=parameters.seed)
+    return {"mean": encoded.mean, "log_var": encoded.log_var, "z": encoded.z}, {}
+
+
+async def _decode(
+    target: Target, tensors: Sequence[InputTensor], given: Mapping[str, Value], settings: Settings
+) -> tuple[Outputs, dict[str, Value]]:
+    mv = target.mv
+    read_parameters(_Parameters, target, given)  # it takes none: refuse any
+    z = check_latents(read_inputs(target, tensors)["z"], mv.manifest.latent_dim, settings)
+    pixels = await inference.decode(mv, z)
+    return {"pixels": pixels.astype(np.float32, copy=False)}, {}
+
+
+async def _elbo(
+    target: Target, tensors: Sequence[InputTensor], given: Mapping[str, Value], settings: Settings
+) -> tuple[Outputs, dict[str, Value]]:
+    mv = target.mv
+    parameters = read_parameters(ElboParameters, target, given)
+    k = inference.importance_samples(mv, parameters.score, parameters.k, settings.max_k)
+    x = read_inputs(target, tensors)["x"]
+    x = await pixels_to_x(x, mv.manifest, settings, resize=parameters.resize)
     found = await inference.assess(
         mv, x, k=k, seed=parameters.seed, score=parameters.score, fpr=parameters.fpr
     )
     bounds = found.bounds
-    percentile = found.percentile
     per_image = {
         "elbo": bounds.elbo,
         "reconstruction": bounds.reconstruction,
         "kl": bounds.kl,
         "bits_per_dim": bounds.bits_per_dim,
         "anomaly_score": found.anomaly_score,
-        "percentile": percentile,
+        "percentile": found.percentile,
     }
-    available: dict[str, np.ndarray | None] = {
+    outputs: Outputs = {  # FP32 on the wire; the native JSON keeps float64
         name: None if values is None else values.astype(np.float32)
         for name, values in per_image.items()
     }
-    available["is_anomaly"] = found.is_anomaly
+    outputs["is_anomaly"] = found.is_anomaly
     answered: dict[str, Value] = {
         "k": k,
         "seed": parameters.seed,
@@ -336,4 +355,4 @@ async def infer(
     }
     if found.threshold is not None:
         answered["anomaly_threshold"] = found.threshold
-    return Answer(_pick(target, available, requested), answered)
+    return outputs, answered
