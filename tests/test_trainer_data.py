@@ -39,12 +39,19 @@ def test_reads_an_image_folder_with_class_subfolders_as_rgb_resized(tmp_path: Pa
         folder = tmp_path / f"class{i % 2}"
         folder.mkdir(exist_ok=True)
         Image.fromarray(digit).save(folder / f"{i}.png")
-    dataset = data.load(tmp_path, channels=3, size=(16, 20))
-    assert dataset.train.shape == (6, 3, 16, 20)
-    assert dataset.test is None
-    gray = data.load(tmp_path, channels=1)
+    dataset = data.load(tmp_path, channels=3, size=(14, 14))
+    assert dataset.train.shape == (6, 3, 14, 14)
+    assert dataset.test is None and dataset.sha256_of == "listing"
+    assert data.array(dataset.train).shape == (6, 3, 14, 14)
+    gray = data.load(tmp_path)  # channels and size from the files
     assert gray.train.shape == (6, 1, 28, 28)
-    assert {tuple(a.ravel()) for a in gray.train} == {tuple(d.ravel()) for d in digits}
+    assert {tuple(a.ravel()) for a in data.array(gray.train)} == {
+        tuple(d.ravel()) for d in digits
+    }
+    with pytest.raises(data.DataError, match="--image-size 16 20 would distort .* 28×28 images"):
+        data.load(tmp_path, size=(16, 20))
+    cropped = data.load(tmp_path, size=(16, 20), center_crop=True)  # the middle 22×28, resized
+    assert data.array(cropped.train).shape == (6, 1, 16, 20)
 
 
 def test_reads_npy_and_npz_in_uint8_or_float(tmp_path: Path) -> None:

@@ -51,8 +51,8 @@ def test_images(source: str) -> tuple[np.ndarray, np.ndarray | None]:
     """A dataset's test split (its own, e.g. t10k, else all of it) and labels if any."""
     dataset = datasets.load(source)
     if dataset.test is not None:
-        return dataset.test, dataset.test_labels
-    return dataset.train, dataset.train_labels
+        return datasets.array(dataset.test), dataset.test_labels
+    return datasets.array(dataset.train), dataset.train_labels
 
 
 def score(version_dir: Path, images: np.ndarray, names: tuple[str, ...], k: int) -> Any:

@@ -1,17 +1,30 @@
 """Image data: MNIST-style IDX files, folders of images, .npy/.npz arrays.
 
-Everything becomes a uint8 array (N, C, H, W); scaling to [0, 1] happens per
-batch on the device, so a whole dataset costs one byte per pixel in memory.
+Every source yields uint8 images (C, H, W); scaling to [0, 1] happens per batch
+on the device. IDX files and arrays are small enough to hold in memory (one
+byte per pixel); an image folder is a `Folder`, which decodes a file only when
+an image is asked for, so a folder of any size can be streamed
+(trainer/loader.py) or, when it fits, decoded once into an array.
+
+Fingerprints (the manifest's `training.data.sha256`) never read a byte twice:
+IDX files and arrays are hashed from the bytes read to load them; a folder is
+fingerprinted by its listing (`sha256_of: "listing"`): the sorted relative
+paths, sizes and modification times of its image files. That detects any file
+added, removed, resized or rewritten (a write updates the mtime), not an edit
+that restores both size and mtime.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,36 +32,120 @@ from PIL import Image, UnidentifiedImageError
 
 Array = NDArray[np.uint8]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+# An aspect ratio may change this much (relative) before a resize counts as distortion.
+ASPECT_TOLERANCE = 0.02
 
 
 class DataError(Exception):
-    """The data cannot be read; the message says what and where."""
+    """The data cannot be read or does not fit the settings; the message says what and where."""
+
+
+class Folder:
+    """Image files under one root, decoded on demand to uint8 (C, H, W).
+
+    Holds only relative paths, so it is cheap to pickle into DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        files: Sequence[str],
+        channels: int,
+        size: tuple[int, int],
+        center_crop: bool = False,
+    ) -> None:
+        self.root, self.files = root, list(files)
+        self.channels, self.size, self.center_crop = channels, size, center_crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.channels, *self.size)
+
+    def __getitem__(self, i: int) -> Array:
+        path = self.root / self.files[i]
+        height, width = self.size
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("L" if self.channels == 1 else "RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{path}: not a readable image ({e})") from e
+        if self.center_crop:
+            image = image.crop(_centre_box(image.size, (width, height)))
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, np.uint8)
+        return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
+
+    def subset(self, indices: NDArray[np.int64]) -> Folder:
+        return Folder(
+            self.root, [self.files[i] for i in indices], self.channels, self.size, self.center_crop
+        )
+
+
+Images = Array | Folder  # (N, C, H, W) uint8, in memory or decoded on demand
+
+
+def _centre_box(size: tuple[int, int], aspect: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred (left, top, right, bottom) box of `size` with the ratio `aspect`."""
+    (w, h), (aw, ah) = size, aspect
+    cw, ch = (w, round(w * ah / aw)) if w * ah <= h * aw else (round(h * aw / ah), h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
 
 
 @dataclass(frozen=True)
 class Dataset:
-    train: Array  # (N, C, H, W) uint8
-    test: Array | None  # the source's own test split, when it has one
+    train: Images
+    test: Images | None  # the source's own test split, when it has one
     source: str
-    sha256: str  # of the raw files read, so a manifest names its data exactly
+    sha256: str  # the fingerprint: see the module docstring
+    sha256_of: Literal["bytes", "listing"] = "bytes"
     train_labels: NDArray[np.uint8] | None = None  # (N,), when the source has label files
     test_labels: NDArray[np.uint8] | None = None
+    # What the files hold before conversion: channels (3 if any is colour) and sizes.
+    native_channels: int = 1
+    native_sizes: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
 
-def _read_raw(path: Path) -> bytes:
-    """A file's bytes, gunzipped when it ends in .gz."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw: bytes = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from e
-    return raw
+def take(images: Images, indices: NDArray[np.int64] | range) -> Array:
+    """The images at `indices` as one uint8 array (decoded, for a folder)."""
+    if isinstance(images, Folder):
+        out = np.empty((len(indices), *images.shape[1:]), np.uint8)
+        for row, i in enumerate(indices):
+            out[row] = images[int(i)]
+        return out
+    return np.ascontiguousarray(images[np.asarray(indices)])
 
 
-def read_idx(path: Path) -> Array:
+def array(images: Images) -> Array:
+    """All the images as one uint8 array (N, C, H, W)."""
+    return images if isinstance(images, np.ndarray) else take(images, range(len(images)))
+
+
+def subset(images: Images, indices: NDArray[np.int64]) -> Images:
+    return images.subset(indices) if isinstance(images, Folder) else images[indices]
+
+
+def _read_hashed(paths: list[Path], digest: Any) -> dict[Path, bytes]:
+    """Each file's bytes (gunzipped if .gz), hashed raw in sorted order as they are read."""
+    out = {}
+    for path in sorted(paths):
+        try:
+            raw = path.read_bytes()
+            digest.update(raw)
+            out[path] = gzip.decompress(raw) if path.suffix == ".gz" else raw
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: cannot read ({e})") from e
+    return out
+
+
+def read_idx(path: Path, raw: bytes | None = None) -> Array:
     """An IDX image file (magic 2051), gzipped or raw -> (N, 1, H, W) uint8."""
-    raw = _read_raw(path)
+    raw = raw if raw is not None else _read_hashed([path], hashlib.sha256())[path]
     if len(raw) < 16:
         raise DataError(f"{path}: too short for an IDX image file")
     magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
@@ -61,7 +158,7 @@ def read_idx(path: Path) -> Array:
 
 def read_idx_labels(path: Path) -> NDArray[np.uint8]:
     """An IDX label file (magic 2049), gzipped or raw -> (N,) uint8."""
-    raw = _read_raw(path)
+    raw = _read_hashed([path], hashlib.sha256())[path]
     if len(raw) < 8:
         raise DataError(f"{path}: too short for an IDX label file")
     magic, n = struct.unpack(">II", raw[:8])
@@ -96,9 +193,9 @@ def _to_nchw(array: NDArray[np.generic], where: str) -> Array:
     return np.ascontiguousarray(np.round(floats * 255).astype(np.uint8))
 
 
-def _read_array(path: Path) -> Array:
+def _read_array(path: Path, raw: bytes) -> Array:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read array ({e})") from e
     if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -109,66 +206,134 @@ def _read_array(path: Path) -> Array:
     return _to_nchw(loaded, str(path))
 
 
-def _read_folder(folder: Path, channels: int, size: tuple[int, int] | None) -> Array:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{folder}: no IDX files, arrays or images ({', '.join(IMAGE_SUFFIXES)})")
-    mode = "L" if channels == 1 else "RGB"
-    images = []
-    for p in files:
-        try:
-            with Image.open(p) as opened:
-                image = opened.convert(mode)
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            images.append(np.asarray(image, np.uint8))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{p}: not a readable image ({e})") from e
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise DataError(f"{folder}: images differ in size {sorted(shapes)[:3]}; pass --image-size")
-    stacked = np.stack(images)
-    return _to_nchw(stacked if channels == 1 else stacked.transpose(0, 3, 1, 2), str(folder))
+@dataclass(frozen=True)
+class Listing:
+    """An image folder's files with what their headers say (no pixels decoded)."""
+
+    root: Path
+    files: list[str]  # relative, sorted
+    sizes: frozenset[tuple[int, int]]  # (H, W) of the images
+    colour: bool  # any image in a colour mode (a palette counts when it is not grey)
+    sha256: str  # of the sorted (path, bytes, mtime) lines
 
 
-def _sha256(paths: list[Path]) -> str:
+def list_folder(root: Path) -> Listing:
+    """Walk the folder once: stat each image file and read its header only."""
+    entries: list[tuple[str, int, int]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                stat = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                entries.append((rel, stat.st_size, stat.st_mtime_ns))
+    if not entries:
+        raise DataError(f"{root}: no IDX files, arrays or images ({', '.join(IMAGE_SUFFIXES)})")
+    entries.sort()
     digest = hashlib.sha256()
-    for p in sorted(paths):
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    sizes: set[tuple[int, int]] = set()
+    colour = False
+    for rel, nbytes, mtime in entries:
+        digest.update(f"{rel}\0{nbytes}\0{mtime}\n".encode())
+        try:
+            with Image.open(root / rel) as image:  # lazy: parses the header only
+                sizes.add((image.height, image.width))
+                colour = colour or _is_colour(image)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{root / rel}: not a readable image ({e})") from e
+    return Listing(root, [e[0] for e in entries], frozenset(sizes), colour, digest.hexdigest())
 
 
-def load(source: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> Dataset:
-    """Read a dataset from an IDX folder or file, an image folder, or a .npy/.npz file."""
+def _is_colour(image: Image.Image) -> bool:
+    if image.mode in GREY_MODES:
+        return False
+    if image.mode in ("P", "PA"):
+        palette = image.getpalette() or []
+        return any(len({*palette[i : i + 3]}) > 1 for i in range(0, len(palette) - 2, 3))
+    return True
+
+
+def _folder(
+    listing: Listing, channels: int | None, size: tuple[int, int] | None, center_crop: bool
+) -> Folder:
+    if size is None:
+        if len(listing.sizes) > 1:
+            shown = ", ".join(f"{h}×{w}" for h, w in sorted(listing.sizes)[:3])
+            raise DataError(
+                f"{listing.root}: images differ in size ({shown}, …); pass --image-size H W "
+                "(with --center-crop where their aspect ratios differ)"
+            )
+        size = next(iter(listing.sizes))
+    elif not center_crop:
+        wanted = size[1] / size[0]
+        for h, w in sorted(listing.sizes):
+            if abs((w / h) / wanted - 1) > ASPECT_TOLERANCE:
+                raise DataError(
+                    f"--image-size {size[0]} {size[1]} would distort {listing.root}'s {h}×{w} "
+                    f"images (width/height {w / h:.2f} → {wanted:.2f}); pass a size with their "
+                    "aspect ratio, or --center-crop to crop them to it first"
+                )
+    return Folder(
+        listing.root, listing.files, channels or (3 if listing.colour else 1), size, center_crop
+    )
+
+
+def load(
+    source: str | Path,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    center_crop: bool = False,
+) -> Dataset:
+    """Read a dataset from an IDX folder or file, an image folder, or a .npy/.npz file.
+
+    `channels` and `size` convert image folders (default: what the files hold, when
+    they agree); arrays and IDX files must already have them.
+    """
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    digest = hashlib.sha256()
     if path.is_dir():
         train = _find_idx(path, "train-images-idx3-ubyte")
-        if train is not None:
-            test = _find_idx(path, "t10k-images-idx3-ubyte")
-            used = [train] + ([test] if test else [])
-            # Labels are optional: they only serve class filters (one-class experiments).
-            train_labels = _find_idx(path, "train-labels-idx1-ubyte")
-            test_labels = _find_idx(path, "t10k-labels-idx1-ubyte")
+        if train is None:
+            listing = list_folder(path)
             return Dataset(
-                read_idx(train),
-                read_idx(test) if test else None,
+                _folder(listing, channels, size, center_crop),
+                None,
                 str(path),
-                _sha256(used),
-                read_idx_labels(train_labels) if train_labels else None,
-                read_idx_labels(test_labels) if test_labels and test else None,
+                listing.sha256,
+                "listing",
+                native_channels=3 if listing.colour else 1,
+                native_sizes=listing.sizes,
             )
-        images = _read_folder(path, channels, size)
-        files = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        return Dataset(images, None, str(path), _sha256(files))
-    if path.suffix in (".npy", ".npz"):
-        return Dataset(_read_array(path), None, str(path), _sha256([path]))
-    if "idx3" in path.name:
-        return Dataset(read_idx(path), None, str(path), _sha256([path]))
-    raise DataError(f"{path}: expected an IDX folder or file, an image folder, or .npy/.npz")
+        test = _find_idx(path, "t10k-images-idx3-ubyte")
+        raw = _read_hashed([train] + ([test] if test else []), digest)
+        # Labels are optional: they only serve class filters (one-class experiments).
+        train_labels = _find_idx(path, "train-labels-idx1-ubyte")
+        test_labels = _find_idx(path, "t10k-labels-idx1-ubyte")
+        dataset = Dataset(
+            read_idx(train, raw[train]),
+            read_idx(test, raw[test]) if test else None,
+            str(path),
+            digest.hexdigest(),
+            train_labels=read_idx_labels(train_labels) if train_labels else None,
+            test_labels=read_idx_labels(test_labels) if test_labels and test else None,
+        )
+    elif path.suffix in (".npy", ".npz"):
+        raw = _read_hashed([path], digest)
+        dataset = Dataset(_read_array(path, raw[path]), None, str(path), digest.hexdigest())
+    elif "idx3" in path.name:
+        raw = _read_hashed([path], digest)
+        dataset = Dataset(read_idx(path, raw[path]), None, str(path), digest.hexdigest())
+    else:
+        raise DataError(f"{path}: expected an IDX folder or file, an image folder, or .npy/.npz")
+    assert isinstance(dataset.train, np.ndarray)
+    _, c, h, w = dataset.train.shape
+    if channels is not None and channels != c:
+        raise DataError(f"{path} holds {c}-channel images; --channels {channels} is for folders")
+    if size is not None and tuple(size) != (h, w):
+        raise DataError(f"{path} holds {h}×{w} images; --image-size is for image folders")
+    return replace(dataset, native_channels=c, native_sizes=frozenset({(h, w)}))
 
 
 def select(dataset: Dataset, classes: list[int]) -> Dataset:
@@ -185,41 +350,75 @@ def select(dataset: Dataset, classes: list[int]) -> Dataset:
         if len(dataset.test_labels) != len(dataset.test):
             raise DataError(f"{dataset.source}: test labels and images differ in number")
         kept = np.isin(dataset.test_labels, classes)
-        test, test_labels = dataset.test[kept], dataset.test_labels[kept]
-    return Dataset(
-        dataset.train[keep], test, dataset.source, dataset.sha256, labels[keep], test_labels
+        test, test_labels = subset(dataset.test, np.flatnonzero(kept)), dataset.test_labels[kept]
+    train = subset(dataset.train, np.flatnonzero(keep))
+    return replace(
+        dataset, train=train, test=test, train_labels=labels[keep], test_labels=test_labels
     )
 
 
-def split(images: Array, fraction_or_count: float, seed: int) -> tuple[Array, Array]:
+def held_out_count(n: int, fraction_or_count: float, cap: int | None = None) -> int:
+    """How many of n images a `--validation`-style setting holds out: a count, or a
+    fraction (if < 1) of n, at most `cap`."""
+    if fraction_or_count >= 1:
+        return int(fraction_or_count)
+    held = round(n * fraction_or_count)
+    return min(held, cap) if cap is not None else held
+
+
+def split(
+    images: Images, fraction_or_count: float, seed: int, cap: int | None = None, flag: str = ""
+) -> tuple[Images, Images]:
     """Hold out a seeded random subset: (rest, held_out)."""
     n = len(images)
-    held = int(fraction_or_count if fraction_or_count >= 1 else round(n * fraction_or_count))
+    held = held_out_count(n, fraction_or_count, cap)
     if not 0 < held < n:
-        raise DataError(f"cannot hold out {held} of {n} images")
+        named = f" ({flag} {fraction_or_count:g})" if flag else ""
+        raise DataError(
+            f"cannot hold out {held} of {n} images{named}; "
+            f"pass a fraction below 1 or a count below {n}"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    return images[order[held:]], images[order[:held]]
+    return subset(images, order[held:]), subset(images, order[:held])
 
 
 def splits(
-    dataset: Dataset, validation: float, test_fraction: float, seed: int
-) -> tuple[Array, Array, Array]:
+    dataset: Dataset,
+    validation: float,
+    test_fraction: float,
+    seed: int,
+    cap: int | None = None,
+) -> tuple[Images, Images, Images]:
     """(train, validation, test): the source's own test split when it has one,
-    else a seeded held-out fraction; validation is always held out from train."""
+    else a seeded held-out fraction; validation is always held out from train.
+    Fractions hold out at most `cap` images."""
     rest, test = (
         (dataset.train, dataset.test)
         if dataset.test is not None
-        else split(dataset.train, test_fraction, seed)
+        else split(dataset.train, test_fraction, seed, cap, "--test-fraction")
     )
     # A different seed for the validation draw: it must not mirror the test draw.
-    train, held_out = split(rest, validation, seed + 1)
+    train, held_out = split(rest, validation, seed + 1, cap, "--validation")
     return train, held_out, test
 
 
-def as_trained(source: str | Path, config: dict[str, Any]) -> tuple[Array, Array, Array]:
-    """(train, validation, test) exactly as the manifest's training config split them."""
+def as_trained(source: str | Path, config: dict[str, Any]) -> tuple[Images, Array, Array]:
+    """(train, validation, test) exactly as the manifest's training config split them;
+    the held-out splits as arrays (a cap keeps them small), train as it comes."""
     size = config.get("image_size")
-    dataset = load(source, config["channels"], (size[0], size[1]) if size else None)
+    dataset = load(
+        source,
+        config.get("channels"),
+        (size[0], size[1]) if size else None,
+        config.get("center_crop", False),
+    )
     if config.get("classes") is not None:  # absent from manifests that predate class filters
         dataset = select(dataset, config["classes"])
-    return splits(dataset, config["validation"], config["test_fraction"], config["seed"])
+    train, validation, test = splits(
+        dataset,
+        config["validation"],
+        config["test_fraction"],
+        config["seed"],
+        config.get("held_out_max"),  # absent from manifests that predate the cap: none
+    )
+    return train, array(validation), array(test)

@@ -32,12 +32,19 @@ Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
 
+def execution_providers(device: str) -> list[str]:
+    """ONNX Runtime's CUDA provider for a CUDA run when onnxruntime-gpu offers it."""
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class Graphs:
     """encoder.onnx and decoder.onnx behind torch-tensor callables."""
 
-    def __init__(self, version_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, version_dir: Path, threads: int | None = None, device: str = "cpu") -> None:
         options = session_options(threads)  # the service's, so both run the graphs alike
-        providers = ["CPUExecutionProvider"]
+        providers = execution_providers(device)
         self.encoder = ort.InferenceSession(str(version_dir / "encoder.onnx"), options, providers)
         self.decoder = ort.InferenceSession(str(version_dir / "decoder.onnx"), options, providers)
 
@@ -100,7 +107,8 @@ def evaluate(
         divergence = kl(mean, log_var)
         log_w = []
         for s in range(0, k, chunk):
-            eps = torch.randn((min(chunk, k - s), *mean.shape), generator=g)
+            # Drawn on the CPU, then moved: the same noise whatever device runs the model.
+            eps = torch.randn((min(chunk, k - s), *mean.shape), generator=g).to(mean.device)
             z = reparameterize(mean, log_var, eps)  # (c, B, L)
             w, rec = log_weights(likelihood, xb, mean, log_var, z, decode(z))
             if s == 0:

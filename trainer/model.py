@@ -111,6 +111,7 @@ class VAE(nn.Module):
         self.shape = shape
         self.latent_dim = latent_dim
         self.encoder, self.decoder = build(shape, latent_dim, hidden)
+        self.bf16 = False  # training's forward: networks in bf16 autocast, the maths in fp32
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)  # type: ignore[no-any-return]
@@ -124,8 +125,16 @@ class VAE(nn.Module):
     def forward(
         self, x: torch.Tensor, k: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """mean, log_var (B, L); z (k, B, L); logits (k, B, C, H, W)."""
-        mean, log_var = self.encode(x)
-        eps = torch.randn((k, *mean.shape), device=x.device, dtype=mean.dtype)
+        """mean, log_var (B, L); z (k, B, L); logits (k, B, C, H, W), all float32.
+
+        With `bf16` the encoder and decoder run under bf16 autocast, but z is drawn and
+        every density evaluated in float32: the importance weights need the precision.
+        """
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            mean, log_var = self.encode(x)
+        mean, log_var = mean.float(), log_var.float()
+        eps = torch.randn((k, *mean.shape), device=x.device)
         z = reparameterize(mean, log_var, eps)
-        return mean, log_var, z, self.decode(z)
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            logits = self.decode(z)
+        return mean, log_var, z, logits.float()

@@ -1,11 +1,11 @@
 """Train a VAE, evaluate it, and publish it as a new version in the model store.
 
 vae-train --data ../shared/data/mnist --out model_store/mnist
+torchrun --nproc-per-node 2 -m trainer.train --data … --out …   (DistributedDataParallel)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -17,83 +17,30 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from trainer import config as configuration
 from trainer import data as datasets
-from trainer import report, store
-from trainer.config import TrainConfig
+from trainer import distributed, report, store
+from trainer.config import STREAM_ABOVE, TrainConfig
+from trainer.defaults import settle
 from trainer.evaluate import Graphs, evaluate, prepare
 from trainer.export import OPSET, ExportError, export
-from trainer.likelihood import LIKELIHOODS, Likelihood, mean
+from trainer.likelihood import Likelihood, mean
+from trainer.loader import Batches, decoded_bytes, default_workers, to_x
 from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
 from trainer.scores import anomaly_scores
 from vae_contract.manifest import FORMAT_VERSION, MODEL_NAME, Manifest
 from vae_contract.scores import calibrate
 
+LOG_EVERY = 50  # steps between progress-bar loss updates (each costs a device sync)
+
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    d = TrainConfig(data="", out="")
-    p = argparse.ArgumentParser(prog="vae-train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="IDX folder/file, image folder, or .npy/.npz")
-    p.add_argument("--out", required=True, help="the model's store folder: model_store/mnist")
-    p.add_argument("--version", type=int, default=None, help="default: the next free integer")
-    p.add_argument("--architecture", choices=["mlp", "conv"], default=d.architecture)
-    p.add_argument(
-        "--hidden", type=int, nargs="+", default=d.hidden, help="mlp: layer widths; conv: C1 C2 FC"
-    )
-    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
-    p.add_argument("--likelihood", choices=LIKELIHOODS, default=d.likelihood)
-    p.add_argument(
-        "--no-binarize",
-        dest="binarize",
-        action="store_false",
-        help="train a Bernoulli model on grey values instead of dynamic binarisation",
-    )
-    p.add_argument("--channels", type=int, choices=[1, 3], default=d.channels)
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    p.add_argument(
-        "--classes",
-        type=int,
-        nargs="+",
-        default=None,
-        help="train on these labels only (IDX label files next to the images)",
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lr-min", type=float, default=d.lr_min)
-    p.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=d.warmup_epochs,
-        help="KL warm-up: its weight rises from 0 to 1 over these epochs",
-    )
-    p.add_argument("--objective", choices=["elbo", "iwae"], default=d.objective)
-    p.add_argument("--iw-k", type=int, default=d.iw_k, help="samples for --objective iwae")
-    p.add_argument(
-        "--validation",
-        type=float,
-        default=d.validation,
-        help="held-out images: a count, or a fraction if < 1",
-    )
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--eval-k",
-        type=int,
-        default=d.eval_k,
-        help="importance samples for the test log-likelihood",
-    )
-    p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--checkpoint-dir", default=None, help="default: runs/<name>")
-    p.add_argument("--resume", default=None, help="a checkpoint (last.pt) to continue from")
-    p.add_argument("--no-report", dest="report", action="store_false")
-    args = vars(p.parse_args(argv))
-    config = TrainConfig(**args)
+    p = configuration.parser("vae-train", __doc__.split("\n\n")[0])
+    config = configuration.from_args(p.parse_args(argv))
     problem = _check(config)
     if problem:
         p.error(problem)
@@ -112,14 +59,20 @@ def _check(c: TrainConfig) -> str | None:
     for flag, value in positive.items():
         if value < 1:
             return f"{flag} must be at least 1, got {value}"
-    if not c.hidden or min(c.hidden) < 1:
+    if c.hidden is not None and (not c.hidden or min(c.hidden) < 1):
         return "--hidden needs positive widths"
-    if c.architecture == "conv" and len(c.hidden) != 3:
+    if c.architecture == "conv" and c.hidden is not None and len(c.hidden) != 3:
         return "--architecture conv takes --hidden C1 C2 FC (three widths)"
     if not (c.lr > 0 and 0 <= c.lr_min <= c.lr):
         return "need 0 < --lr and 0 <= --lr-min <= --lr"
     if c.version is not None and c.version < 1:
         return "--version must be a positive integer"
+    if c.validation <= 0 or c.test_fraction <= 0:
+        return "--validation and --test-fraction must be positive"
+    if c.image_size is not None and min(c.image_size) < 1:
+        return "--image-size needs positive H W"
+    if c.workers is not None and c.workers < 0:
+        return "--workers must be 0 or more"
     if not MODEL_NAME.fullmatch(Path(c.out).name):
         return f"--out must end in a model name like 'mnist' (a-z, 0-9, . _ -), got {c.out!r}"
     return None
@@ -137,52 +90,83 @@ class State:
     seconds: float = 0.0
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def _lr(c: TrainConfig, progress: float) -> float:
-    """Cosine decay from lr to lr_min as training progresses from 0 to 1."""
-    return c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _loss(model: VAE, c: TrainConfig, x: torch.Tensor, beta: float) -> torch.Tensor:
+def _loss(net: torch.nn.Module, c: TrainConfig, x: torch.Tensor, beta: float) -> torch.Tensor:
     """Minus the objective, averaged over the batch (the per-example values are the bound)."""
+    assert c.likelihood is not None
     if c.objective == "iwae":
-        mean_, log_var, z, logits = model(x, k=c.iw_k)
+        mean_, log_var, z, logits = net(x, k=c.iw_k)
         log_w, _ = log_weights(c.likelihood, x, mean_, log_var, z, logits)
         return -iwae(log_w).mean()
-    mean_, log_var, _, logits = model(x)
+    mean_, log_var, _, logits = net(x)
     return -elbo(c.likelihood, x, mean_, log_var, logits[0], beta).elbo.mean()
 
 
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _validation_elbo(
+    model: VAE, c: TrainConfig, rank: distributed.Rank, x_val: torch.Tensor
+) -> float:
+    """The validation ELBO (k = 1), each rank scoring its share, summed over ranks."""
+    assert c.likelihood is not None
+    share = x_val[rank.rank :: rank.world]
+    with torch.no_grad():
+        value = evaluate(
+            model.encode, model.decode, c.likelihood, share, 1, c.seed, 1000, progress=False
+        )["elbo"]
+    summed, n = distributed.total(rank, value * len(share), len(share))
+    return summed / n
+
+
 def fit(
-    c: TrainConfig, train: np.ndarray, validation: np.ndarray, run_dir: Path
+    c: TrainConfig,
+    rank: distributed.Rank,
+    train: datasets.Images,
+    validation: np.ndarray,
+    run_dir: Path,
 ) -> tuple[VAE, State]:
-    device = _device(c.device)
-    torch.manual_seed(c.seed)
-    shape = Shape(*train.shape[1:])
-    model = VAE(shape, c.latent_dim, c.architecture, c.hidden).to(device)
+    """Train; rank 0 returns the model of the best validation epoch."""
+    assert c.hidden is not None and c.likelihood is not None
+    device = rank.device
+    torch.manual_seed(c.seed)  # the same initial weights on every rank
+    model = VAE(Shape(*train.shape[1:]), c.latent_dim, c.architecture, c.hidden).to(device)
+    model.bf16 = c.precision == "bf16" or (c.precision == "auto" and device.type == "cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
+    stream = c.stream if c.stream is not None else decoded_bytes(train) > STREAM_ABOVE
+    workers = c.workers if c.workers is not None else default_workers(rank)
+    batches = Batches(train, c.batch_size, rank, c.seed, stream, workers)
+    per_epoch = len(batches)
+    total = c.epochs * per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * per_epoch)
+    # PyTorch's cosine schedule from lr to lr_min, stepped once per optimiser step.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=c.lr_min)
+    torch.manual_seed(c.seed + rank.rank)  # each rank its own noise: binarisation, eps
     state = State()
     if c.resume:
         checkpoint = torch.load(c.resume, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
         state = State(**checkpoint["state"])
-        torch.set_rng_state(checkpoint["rng"])
-    binarize = c.binarize and c.likelihood == "bernoulli"
-    x_train = torch.from_numpy(train).to(device)  # uint8; scaled per batch
+        rng = checkpoint["rng"]
+        if len(rng) == rank.world:
+            _set_rng_state(rng[rank.rank], device)
+        else:  # another world size: fresh noise, still seeded
+            torch.manual_seed(c.seed + rank.rank + 1_000_003 * state.step)
+    net: torch.nn.Module = model
+    if rank.distributed:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    binarize, flip = bool(c.binarize), c.flip
     x_val = prepare(validation, binarize, c.seed).to(device)
-    per_epoch = math.ceil(len(train) / c.batch_size)
-    total = c.epochs * per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * per_epoch)
-    order = torch.Generator().manual_seed(c.seed)
-    for _ in range(state.epoch):  # replay the shuffles a resumed run has already used
-        torch.randperm(len(train), generator=order)
 
     # Redraw at most every second off a terminal, so logs stay readable.
     progress = tqdm(
@@ -192,72 +176,87 @@ def fit(
         unit="step",
         file=sys.stderr,
         mininterval=0.1 if sys.stderr.isatty() else 5.0,
+        disable=not rank.main,
     )
     while state.epoch < c.epochs and state.step < total:
         started = time.monotonic()
         model.train()
-        objective, seen = 0.0, 0
-        for idx in torch.split(torch.randperm(len(train), generator=order), c.batch_size):
+        objective = torch.zeros((), device=device)  # summed on the device: no sync per step
+        seen, beta = 0, 1.0
+        for batch in batches.epoch(state.epoch):
             if state.step >= total:
                 break
-            x = x_train[idx.to(device)].float() / 255
-            if binarize:
-                x = torch.bernoulli(x)  # a fresh draw every time: dynamic binarisation
+            x = to_x(batch, binarize, flip)
             epoch_float = state.step / per_epoch
             beta = min(1.0, epoch_float / c.warmup_epochs) if c.warmup_epochs > 0 else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(c, state.step / total)
-            loss = _loss(model, c, x, beta)
+            loss = _loss(net, c, x, beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            schedule.step()
             state.step += 1
-            objective += -loss.item() * len(idx)
-            seen += len(idx)
+            objective -= loss.detach() * len(x)
+            seen += len(x)
             progress.update()
-            progress.set_postfix(loss=f"{loss.item():.2f}", epoch=state.epoch + 1, refresh=False)
+            if rank.main and state.step % LOG_EVERY == 0:
+                progress.set_postfix(loss=f"{loss.item():.2f}", epoch=state.epoch + 1)
         model.eval()
-        val = evaluate(
-            model.encode,
-            model.decode,
-            c.likelihood,
-            x_val,
-            k=1,
-            seed=c.seed,
-            batch_size=1000,
-            progress=False,
-        )["elbo"]
+        val = _validation_elbo(model, c, rank, x_val)
+        summed, n = distributed.total(rank, objective, seen)
         state.epoch += 1
         state.seconds += time.monotonic() - started
         line = {
             "epoch": state.epoch,
             "step": state.step,
-            "train_elbo": round(objective / seen, 4),
+            "train_elbo": round(summed / n, 4),
             "validation_elbo": round(val, 4),
             "beta": beta,
-            "lr": _lr(c, state.step / total),
+            "lr": schedule.get_last_lr()[0],
             "seconds": round(state.seconds, 1),
         }
         state.history.append(line)
-        progress.write(json.dumps(line), file=sys.stdout)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        if val > state.best_elbo:
+        improved = val > state.best_elbo
+        if improved:
             state.best_elbo, state.best_epoch = val, state.epoch
-            torch.save(model.state_dict(), run_dir / "best.pt")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": vars(state),
-                "rng": torch.get_rng_state(),
-                "config": c.to_dict(),
-            },
-            run_dir / "last.pt",
-        )
+        rng = distributed.gather(rank, _rng_state(device))
+        if rank.main:
+            _save_epoch(run_dir, line, model, optimizer, schedule, state, rng, c, improved)
+            progress.write(json.dumps(line), file=sys.stdout)
     progress.close()
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True))
+    model.bf16 = False
+    if rank.main:  # the only rank that publishes, and the one that wrote best.pt
+        best = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
+        model.load_state_dict(best)
     return model.cpu().eval(), state
+
+
+def _save_epoch(
+    run_dir: Path,
+    line: dict[str, Any],
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    state: State,
+    rng: list[dict[str, Any]],
+    c: TrainConfig,
+    improved: bool,
+) -> None:
+    """Rank 0's files after each epoch: the metrics line, best.pt, last.pt."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    if improved:
+        torch.save(model.state_dict(), run_dir / "best.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "state": vars(state),
+            "rng": rng,  # every rank's, so each resumes its own noise
+            "config": c.to_dict(),
+        },
+        run_dir / "last.pt",
+    )
 
 
 def publish(
@@ -265,21 +264,23 @@ def publish(
     model: VAE,
     state: State,
     dataset: datasets.Dataset,
-    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    splits: tuple[datasets.Images, np.ndarray, np.ndarray],
+    rank: distributed.Rank,
 ) -> Path:
     """Export, evaluate the exported graphs, calibrate, write the manifest and report,
     then rename the version into place."""
+    assert c.likelihood is not None
     train, validation, test = splits
     model_dir = Path(c.out)
     version = c.version if c.version is not None else store.next_version(model_dir)
     if (model_dir / str(version)).exists():
         raise FileExistsError(f"{model_dir / str(version)} exists; versions are never overwritten")
-    likelihood = c.likelihood
-    binarize = c.binarize and likelihood == "bernoulli"
+    likelihood: Likelihood = c.likelihood
+    binarize = bool(c.binarize)
     staged = store.staging(model_dir, version)
     try:
         graphs_io = export(model, staged, prepare(test[:16], False, c.seed))
-        graphs = Graphs(staged, c.threads)
+        graphs = Graphs(staged, c.threads, rank.device.type)
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
@@ -308,6 +309,7 @@ def publish(
                 "data": {
                     "source": dataset.source,
                     "sha256": dataset.sha256,
+                    "sha256_of": dataset.sha256_of,
                     "n_train": len(train),
                     "n_validation": len(validation),
                     "n_test": len(test),
@@ -317,7 +319,8 @@ def publish(
                 "best_epoch": state.best_epoch,
                 "best_validation_elbo": round(state.best_elbo, 4),
                 "seconds": round(state.seconds, 1),
-                "device": str(_device(c.device)),
+                "device": str(rank.device),
+                "processes": rank.world,
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
@@ -351,25 +354,69 @@ def _write_report(
     report.write(folder, x.numpy(), reconstructions.numpy(), samples.numpy(), history)
 
 
-def main(argv: list[str] | None = None) -> int:
-    c = parse_args(argv)
-    if c.likelihood != "bernoulli":
-        c.binarize = False  # binarisation is the Bernoulli benchmark protocol only
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
-        size = (c.image_size[0], c.image_size[1]) if c.image_size else None
-        dataset = datasets.load(c.data, c.channels, size)
-        if c.classes is not None:
-            dataset = datasets.select(dataset, c.classes)
-        splits = datasets.splits(dataset, c.validation, c.test_fraction, c.seed)
-        run_dir = Path(c.checkpoint_dir or Path("runs") / Path(c.out).name)
+def _warn(rank: distributed.Rank) -> Any:
+    def warn(message: str) -> None:
+        if rank.main:
+            print(f"vae-train: warning: {message}", file=sys.stderr)
+
+    return warn
+
+
+Trained = tuple[TrainConfig, VAE, State, datasets.Dataset, tuple[datasets.Images, Any, Any]]
+
+
+def train(c: TrainConfig, rank: distributed.Rank) -> Trained:
+    """Load and split the data, settle the defaults, and fit (every rank)."""
+    size = (c.image_size[0], c.image_size[1]) if c.image_size else None
+    dataset = datasets.load(c.data, c.channels, size, c.center_crop)
+    if c.classes is not None:
+        dataset = datasets.select(dataset, c.classes)
+    c = settle(c, dataset, _warn(rank))
+    train, validation, test = datasets.splits(
+        dataset, c.validation, c.test_fraction, c.seed, c.held_out_max
+    )
+    # The held-out splits as arrays: a fraction holds out at most --held-out-max images.
+    splits = (
+        train,
+        datasets.array(validation),
+        datasets.array(test),
+    )
+    if rank.main:
+        _, channels, height, width = train.shape
+        summary = {
+            "images": f"{channels}×{height}×{width}",
+            "train": len(train),
+            "validation": len(validation),
+            "test": len(test),
+            "likelihood": c.likelihood,
+            "binarize": c.binarize,
+            "processes": rank.world,
+            "device": str(rank.device),
+        }
+        print(f"vae-train: data: {json.dumps(summary)}", file=sys.stderr)
+    run_dir = Path(c.checkpoint_dir or Path("runs") / Path(c.out).name)
+    if rank.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not c.resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        model, state = fit(c, splits[0], splits[1], run_dir)
-        final = publish(c, model, state, dataset, splits)
-    except (datasets.DataError, ExportError, FileExistsError, ValueError, OSError) as e:
+    model, state = fit(c, rank, train, splits[1], run_dir)
+    return c, model, state, dataset, splits
+
+
+def main(argv: list[str] | None = None) -> int:
+    c = parse_args(argv)
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    errors = (datasets.DataError, ExportError, FileExistsError, ValueError, OSError)
+    try:
+        rank = distributed.start(c.device)
+        trained = train(c, rank)  # a rank that fails exits, and torchrun stops the rest
+        distributed.stop(rank)  # before publishing: the other ranks need not wait for it
+        if not rank.main:
+            return 0
+        settled, model, state, dataset, splits = trained
+        final = publish(settled, model, state, dataset, splits, rank)
+    except errors as e:
         print(f"vae-train: error: {e}", file=sys.stderr)
         return 1
     metrics = json.loads((final / "manifest.json").read_text())["metrics"]["test"]
