@@ -45,10 +45,8 @@ def test_reads_an_image_folder_with_class_subfolders_as_rgb_resized(tmp_path: Pa
     assert data.array(dataset.train).shape == (6, 3, 14, 14)
     gray = data.load(tmp_path)  # channels and size from the files
     assert gray.train.shape == (6, 1, 28, 28)
-    assert {tuple(a.ravel()) for a in data.array(gray.train)} == {
-        tuple(d.ravel()) for d in digits
-    }
-    with pytest.raises(data.DataError, match="--image-size 16 20 would distort .* 28×28 images"):
+    assert {tuple(a.ravel()) for a in data.array(gray.train)} == {tuple(d.ravel()) for d in digits}
+    with pytest.raises(data.DataError, match=r"--image-size 16 20 would distort .* 28×28 images"):
         data.load(tmp_path, size=(16, 20))
     cropped = data.load(tmp_path, size=(16, 20), center_crop=True)  # the middle 22×28, resized
     assert data.array(cropped.train).shape == (6, 1, 16, 20)

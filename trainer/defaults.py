@@ -46,7 +46,7 @@ def settle(c: TrainConfig, dataset: Dataset, warn: Callable[[str], None]) -> Tra
             warn(f"--channels 3: {dataset.source} holds grey images; each is repeated 3 times")
     binary_share = near_binary_share(dataset.train)
     binary = channels == 1 and binary_share >= NEAR_BINARY
-    likelihood = c.likelihood or ("bernoulli" if binary else "continuous_bernoulli")
+    likelihood = c.likelihood or ("bernoulli" if binary or c.binarize else "continuous_bernoulli")
     binarize = c.binarize
     if binarize and likelihood != "bernoulli":
         raise ConfigError("--binarize is for --likelihood bernoulli only")
