@@ -115,3 +115,27 @@ def test_refusals_end_in_one_error_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.startswith("vae-train: error: --binarize would turn")
     assert "Traceback" not in err and not (tmp_path / "s").exists()
+
+
+def readme_train_commands() -> list[list[str]]:
+    """Every vae-train (or torchrun -m trainer.train) command in the README, as argv."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
+    inline = r"`vae-train ([^`]*)`"
+    text = re.sub(inline, lambda m: "\nvae-train " + m[1].replace("\n", " ") + "\n", text)
+    commands = []
+    for line in text.splitlines():
+        match = re.search(r"(?:vae-train|-m trainer\.train)\s+(--data.*)$", line)
+        if match:
+            commands.append(shlex.split(match[1].split("#")[0]))
+    return commands
+
+
+def test_every_training_command_in_the_readme_parses() -> None:
+    commands = readme_train_commands()
+    assert len(commands) >= 5  # quick start, bundled, fashion-mnist, two torchrun
+    for argv in commands:
+        parse_args(argv)  # exits 2 on a flag the trainer no longer has

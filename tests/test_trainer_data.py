@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainer import data
+from trainer.distributed import Rank
+from trainer.loader import Batches
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -96,3 +101,53 @@ def test_splits_are_disjoint_seeded_and_keep_the_source_test_set() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(again, (train, validation, test), strict=True))
     with_test = data.Dataset(images, images[:7], "mem", "0" * 64)
     assert len(data.splits(with_test, 10, 0.1, seed=3)[2]) == 7
+
+
+def test_fingerprints_hash_array_bytes_and_folder_listings(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((4, 8, 8), np.uint8))
+    expected = hashlib.sha256((tmp_path / "a.npy").read_bytes()).hexdigest()
+    assert data.load(tmp_path / "a.npy").sha256 == expected
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    first = data.load(folder).sha256
+    assert data.load(folder).sha256 == first  # the same listing, the same fingerprint
+    stat = os.stat(folder / "1.png")
+    os.utime(folder / "1.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten
+    touched = data.load(folder).sha256
+    assert touched != first
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "3.png")  # one more file
+    assert data.load(folder).sha256 not in (first, touched)
+
+
+def _digit_folder(folder: Path, n: int) -> data.Folder:
+    folder.mkdir()
+    for i, digit in enumerate(data.read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:n, 0]):
+        Image.fromarray(digit).save(folder / f"{i:03d}.png")
+    images = data.load(folder).train
+    assert isinstance(images, data.Folder)
+    return images
+
+
+def test_streamed_batches_equal_the_in_memory_ones_and_ranks_share_one_order(
+    tmp_path: Path,
+) -> None:
+    images = _digit_folder(tmp_path / "digits", 40)
+    alone = Rank(0, 1, 0, 1, torch.device("cpu"))
+    streamed = Batches(images, 8, alone, seed=0, stream=True, workers=2)
+    in_memory = Batches(images, 8, alone, seed=0, stream=False, workers=0)
+    assert streamed.on_device is None and in_memory.loader is None  # nothing decoded ahead
+    epochs = []
+    for epoch in (0, 1):
+        a, b = list(streamed.epoch(epoch)), list(in_memory.epoch(epoch))
+        assert len(a) == len(b) == len(streamed) == 5
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        epochs.append(torch.cat(a))
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled each epoch
+    # Two ranks with half the batch each see the same global batches, split between them.
+    ranks = [Rank(r, 2, r, 2, torch.device("cpu")) for r in (0, 1)]
+    shards = [list(Batches(images, 8, r, seed=0, stream=False, workers=0).epoch(0)) for r in ranks]
+    for whole, half0, half1 in zip(epochs[0].split(8), *shards, strict=True):
+        together = torch.cat([half0, half1])
+        assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, whole.numpy()))

@@ -77,7 +77,7 @@ class Folder:
             image = image.crop(_centre_box(image.size, (width, height)))
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, np.uint8)
+        pixels = np.array(image, np.uint8)  # writable: torch shares it without a warning
         return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
 
     def subset(self, indices: NDArray[np.int64]) -> Folder:

@@ -81,3 +81,17 @@ def gather(rank: Rank, value: Any) -> list[Any]:
     out: list[Any] = [None] * rank.world
     dist.all_gather_object(out, value)
     return out
+
+
+def replica_drift(rank: Rank, module: torch.nn.Module) -> float:
+    """The largest difference between any rank's weights and rank 0's (0.0 when DDP
+    kept the replicas in step, as it must: every rank applies the same averaged
+    gradients to the same broadcast weights)."""
+    if not rank.distributed:
+        return 0.0
+    flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, 0)
+    drift = (flat - reference).abs().max()
+    dist.all_reduce(drift, dist.ReduceOp.MAX)
+    return float(drift)
