@@ -19,11 +19,12 @@ RECIPE = [
     "--validation", "500", "--test-fraction", "0.1", "--hidden", "64", "--latent-dim", "8",
     "--batch-size", "64", "--eval-k", "4", "--eval-limit", "100", "--no-report",
 ]  # fmt: skip
-# bf16 keeps 8 bits of mantissa: the networks' outputs move by ~0.4%, and over a
-# short run that is one more source of noise. Runs of this recipe differing only in
-# their seed spread over about 1.3 nats (tests/test_trainer_distributed.py); bf16
-# against fp32 with the same seed must stay within that band's width, doubled.
-BF16_TOLERANCE_NATS = 2.5
+# bf16 keeps 8 bits of mantissa in the networks' matrix products; z, the densities and
+# the bound stay float32. With the same seed every noise draw is the same, so bf16 and
+# fp32 differ by rounding alone: for this recipe (6 epochs) the best validation ELBOs
+# differed by 0.009, 0.024 and 0.035 nats for seeds 0, 1, 2, against 0.6 to 1.8 nats
+# between runs that differ in their noise (tests/test_trainer_distributed.py).
+BF16_TOLERANCE_NATS = 0.5
 
 
 def run(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
@@ -38,8 +39,8 @@ def run(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_bf16_autocast_keeps_the_validation_elbo_within_noise(tmp_path: Path) -> None:
-    fp32 = run(tmp_path, "fp32", "--epochs", "2", "--precision", "fp32", "--threads", "2")
-    bf16 = run(tmp_path, "bf16", "--epochs", "2", "--precision", "bf16", "--threads", "2")
+    fp32 = run(tmp_path, "fp32", "--epochs", "6", "--precision", "fp32", "--threads", "2")
+    bf16 = run(tmp_path, "bf16", "--epochs", "6", "--precision", "bf16", "--threads", "2")
     assert bf16["training"]["precision"] == "bf16"
     a, b = (m["training"]["best_validation_elbo"] for m in (fp32, bf16))
     assert a == pytest.approx(b, abs=BF16_TOLERANCE_NATS)

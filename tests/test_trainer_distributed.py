@@ -22,13 +22,15 @@ RECIPE = [
     "--batch-size", "64", "--eval-k", "4", "--eval-limit", "100",
     "--no-report", "--threads", "1",
 ]  # fmt: skip
-# The two runs share the initial weights, the split and every global batch (the
-# samplers shard one seeded order); they differ in the binarisation and eps draws
-# (each rank has its own stream) and in summation order. So the DDP run is the same
-# recipe under other noise, and the honest tolerance is the spread of the validation
-# ELBO over noise: single runs of this recipe over seeds 0-4 spread over about 1.3
-# nats, and DDP against one process differed by at most 0.4 (seeds 0-2).
-TOLERANCE_NATS = 2.0
+# The two runs share the initial weights, the split, the validation noise and every
+# global batch (the samplers shard one seeded order); they differ in the binarisation
+# and eps draws (each rank has its own stream) and in summation order. So the DDP run
+# is the same recipe under other training noise, and the honest tolerance is what that
+# noise does to the best validation ELBO: measured for seeds 0, 1, 2, DDP against one
+# process differed by 1.01, 1.84 and 0.56 nats (single runs over those seeds, which
+# also change the split, spread over 6.8). A DDP that failed to average the gradients
+# shows as replica_drift > 0, whatever the ELBO.
+TOLERANCE_NATS = 3.0
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,16 +51,17 @@ def test_two_processes_publish_once_and_agree_with_one(tmp_path: Path) -> None:
     data = ["--data", str(tmp_path / "digits.npz")]
     ddp_dir, one_dir = tmp_path / "ddp" / "digits", tmp_path / "one" / "digits"
     ddp_run = ["--out", str(ddp_dir), "--checkpoint-dir", str(tmp_path / "run-ddp")]
-    result = torchrun(*data, *ddp_run, *RECIPE, "--epochs", "2")
+    result = torchrun(*data, *ddp_run, *RECIPE, "--epochs", "6")
     assert result.returncode == 0, result.stderr[-3000:]
     assert store.versions(ddp_dir) == [1]  # rank 0 alone published
     assert result.stdout.count('"published"') == 1
     assert [p.name for p in ddp_dir.iterdir()] == ["1"]  # no staging left behind
     ddp = published(ddp_dir, 1)
     assert ddp["training"]["processes"] == 2 and ddp["training"]["batch_size"] == 64
+    assert ddp["training"]["replica_drift"] == 0.0  # DDP kept both replicas identical
 
     argv = [*data, "--out", str(one_dir), "--checkpoint-dir", str(tmp_path / "run-one")]
-    assert train_main([*argv, *RECIPE, "--epochs", "2"]) == 0
+    assert train_main([*argv, *RECIPE, "--epochs", "6"]) == 0
     one = published(one_dir, 1)
     assert one["training"]["processes"] == 1
     assert ddp["training"]["steps"] == one["training"]["steps"]  # the same global batches
@@ -69,9 +72,9 @@ def test_two_processes_publish_once_and_agree_with_one(tmp_path: Path) -> None:
 
     # Resume: every rank restores its weights, optimiser, schedule and noise.
     last = str(tmp_path / "run-ddp" / "last.pt")
-    result = torchrun(*data, *ddp_run, *RECIPE, "--epochs", "3", "--resume", last)
+    result = torchrun(*data, *ddp_run, *RECIPE, "--epochs", "7", "--resume", last)
     assert result.returncode == 0, result.stderr[-3000:]
     assert store.versions(ddp_dir) == [1, 2]
     lines = (tmp_path / "run-ddp" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-    assert published(ddp_dir, 2)["training"]["epochs_run"] == 3
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert published(ddp_dir, 2)["training"]["epochs_run"] == 7

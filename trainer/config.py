@@ -99,8 +99,8 @@ class TrainConfig:
     stream: bool | None = field(
         default=None,
         metadata=_opt(
-            "decode image files in worker processes each epoch instead of holding them in "
-            f"memory (default: when the decoded images exceed {STREAM_ABOVE >> 30} GiB)"
+            "image folders: decode the files in worker processes each epoch instead of holding "
+            f"them in memory (default: when the decoded images exceed {STREAM_ABOVE >> 30} GiB)"
         ),
     )
     workers: int | None = field(
