@@ -124,6 +124,30 @@ def _validation_elbo(model: VAE, c: TrainConfig, x_val: torch.Tensor) -> float:
     return float(scores["elbo"])
 
 
+def _resume(
+    c: TrainConfig,
+    rank: distributed.Rank,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> State:
+    """Restore a last.pt on every rank: weights, optimiser, schedule and this rank's noise."""
+    assert c.resume is not None
+    checkpoint = torch.load(c.resume, map_location=rank.device, weights_only=False)
+    if "schedule" not in checkpoint:
+        raise ValueError(f"{c.resume}: a checkpoint of an older trainer; train afresh")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["schedule"])
+    state = State(**checkpoint["state"])
+    rng = checkpoint["rng"]
+    if len(rng) == rank.world:
+        _set_rng_state(rng[rank.rank], rank.device)
+    else:  # another number of processes: fresh noise, still seeded
+        torch.manual_seed(c.seed + rank.rank + 1_000_003 * state.step)
+    return state
+
+
 def fit(
     c: TrainConfig,
     rank: distributed.Rank,
@@ -146,18 +170,7 @@ def fit(
     # PyTorch's cosine schedule from lr to lr_min, stepped once per optimiser step.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=c.lr_min)
     torch.manual_seed(c.seed + rank.rank)  # each rank its own noise: binarisation, eps
-    state = State()
-    if c.resume:
-        checkpoint = torch.load(c.resume, map_location=device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        state = State(**checkpoint["state"])
-        rng = checkpoint["rng"]
-        if len(rng) == rank.world:
-            _set_rng_state(rng[rank.rank], device)
-        else:  # another world size: fresh noise, still seeded
-            torch.manual_seed(c.seed + rank.rank + 1_000_003 * state.step)
+    state = _resume(c, rank, model, optimizer, schedule) if c.resume else State()
     net: torch.nn.Module = model
     if rank.distributed:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
