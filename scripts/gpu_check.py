@@ -101,6 +101,7 @@ def serve(stack: ExitStack, work: Path, device: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env |= {"VAE_MODEL_STORE": str(work / "store"), "VAE_DEVICE": device}
     env |= {"VAE_PORT": str(port), "VAE_LOG_LEVEL": "warning"}
+    env |= {"VAE_GRPC_PORT": "0", "VAE_DRAIN_S": "0"}  # two servers side by side; no drain
     log = (work / f"serve-{device}.log").open("wb")
     process = subprocess.Popen([str(BIN / "vae-serve")], env=env, stdout=log, stderr=log)
     stack.callback(process.wait, 30)
