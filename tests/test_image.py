@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as tgrpc
 from app_support import (
     STARTUP_S,
     Reference,
@@ -43,9 +44,14 @@ DOCKER = Path("/usr/bin/docker")
 OFFICIAL_BASE = dockerfile_stages()[0]["PYTHON_IMAGE"]
 STAND_IN = ROOT.parent / "shared" / "tools" / "stand-in-python-image"
 MB = 1e6  # as `docker images` counts
-# What the Dockerfile adds to its base (the venv and the bundled store), measured on
-# the stand-in at 207 MB: a budget that catches a dependency or a cache slipping in.
-ADDED_BUDGET_MB = 230
+# The goal is an image of at most 300 MB on the official base, whose published size
+# on disk is 130 MB (docker-library/repo-info, python:3.11.{15,16}-slim-bookworm;
+# not pullable here). What the Dockerfile adds to its base (the venv and the bundled
+# store) is the same on any base of that Debian release and Python minor, so it is
+# held to the difference: 162 MB measured on the stand-in, and a dependency, a cache
+# or a step of the slimming that slips fails this.
+GOAL_MB, OFFICIAL_BASE_MB = 300, 130
+ADDED_BUDGET_MB = GOAL_MB - OFFICIAL_BASE_MB
 NPY = {"content-type": "application/x-npy"}
 # The first test builds the image: on a fresh machine that means the stand-in base
 # (debootstrap) and a full pip install, minutes beyond pytest's default timeout.
@@ -111,6 +117,7 @@ def image(base_image: str) -> Iterator[str]:
 class Container:
     name: str
     url: str
+    grpc: str = ""  # host:port of the gRPC service, when the test gave it a port
 
     def inspect(self, template: str) -> str:
         return docker("inspect", "--format", template, self.name)
@@ -134,12 +141,14 @@ def wait_healthy(container: Container) -> None:
 
 @contextmanager
 def running(image: str, *options: str, **env: str) -> Iterator[Container]:
-    """The image started detached on the host network and a free port, ready; removed after."""
-    port = free_port()
+    """The image started detached on the host network, on free ports (HTTP and gRPC:
+    the image's 8001 would be the host's), ready; removed after."""
+    port, grpc_port = free_port(), free_port()
     name = f"vae-serve-test-{os.getpid()}-{port}"
-    settings = [f"--env={k}={v}" for k, v in ({"VAE_PORT": str(port)} | env).items()]
+    ports = {"VAE_PORT": str(port), "VAE_GRPC_PORT": str(grpc_port)}
+    settings = [f"--env={k}={v}" for k, v in (ports | env).items()]
     docker("run", "--detach", "--name", name, "--network", "host", *settings, *options, image)
-    container = Container(name, f"http://127.0.0.1:{port}")
+    container = Container(name, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     try:
         wait_until_ready(container.url, container.running, container.logs)
         yield container
@@ -189,6 +198,28 @@ def test_encode_and_elbo_equal_the_onnx_files_run_directly(
         np.testing.assert_allclose(got, want[key], rtol=1e-5, err_msg=key)
 
 
+def test_the_open_inference_protocol_answers_over_http_and_grpc(
+    served: Container, reference: Reference
+) -> None:
+    """The protocol's health over HTTP, and over gRPC with tritonclient: health and one
+    infer (its raw tensors through the image's grpcio and protobuf)."""
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(served.url + path, timeout=10).status_code == 200, path
+    digits = read_mnist(4)
+    client = tgrpc.InferenceServerClient(served.grpc)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        x = tgrpc.InferInput("x", [len(digits), 1, 28, 28], "UINT8")
+        x.set_data_from_numpy(digits[:, None])
+        result = client.infer("mnist-encoder", [x], client_timeout=30)
+    finally:
+        client.close()
+    mean, log_var = reference.encode(reference.x(digits))
+    np.testing.assert_allclose(result.as_numpy("mean"), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("log_var"), log_var, rtol=1e-5, atol=1e-6)
+    assert result.get_response().model_version == "1"
+
+
 def test_it_runs_as_the_non_root_user(served: Container) -> None:
     assert served.inspect("{{.Config.User}}") == "10001:10001"
     status = docker("exec", served.name, "python", "-c", "print(open('/proc/1/status').read())")
@@ -221,6 +252,31 @@ def test_no_torch_and_no_installer_in_the_image(image: str) -> None:
     assert "onnxruntime" in names and "vae-serve" in names
     assert not [n for n in names if n == "torch" or n.startswith(("nvidia-", "triton"))], names
     assert "pip" not in names, "the runtime image needs no installer"
+
+
+def test_every_shared_library_in_the_venv_still_loads(served: Container) -> None:
+    """The build strips the venv's shared libraries: each one must still load (strip on
+    a library that patchelf rewrote breaks its segments; the import check at build time
+    covers only what the service imports at startup)."""
+    loads = (
+        "import ctypes, json, pathlib, sysconfig\n"
+        "site = pathlib.Path(sysconfig.get_path('purelib'))\n"
+        "libs = sorted(str(p) for p in site.rglob('*.so*') if p.is_file())\n"
+        "failed = []\n"
+        "for lib in libs:\n"
+        "    try:\n"
+        "        ctypes.CDLL(lib)\n"
+        "    except OSError as error:\n"
+        "        failed.append(str(error))\n"
+        "print(json.dumps({'libs': libs, 'failed': failed}))\n"
+    )
+    found = json.loads(docker("exec", served.name, "python", "-c", loads))
+    assert found["failed"] == []
+    names = {Path(lib).name for lib in found["libs"]}
+    assert any(name.startswith("onnxruntime_pybind11_state") for name in names), names
+    assert any(name.startswith("libscipy_openblas") for name in names), names
+    # onnxruntime's C API copy of the runtime is left out: the binding embeds it.
+    assert not [name for name in names if name.startswith("libonnxruntime.so")], names
 
 
 def test_image_size_stays_within_its_budget(image: str, base_image: str) -> None:
@@ -278,9 +334,9 @@ def compose_binary() -> Path:
 def test_compose_brings_the_api_up_and_stops_it_cleanly(
     image: str, tmp_path: Path, reference: Reference
 ) -> None:
-    port = free_port()
-    # The test's own changes: the host network (traffic stays on 127.0.0.1), a free
-    # port, a short healthcheck interval and drain.
+    port, grpc_port = free_port(), free_port()
+    # The test's own changes: the host network (traffic stays on 127.0.0.1), free
+    # ports, a short healthcheck interval and drain.
     override = tmp_path / "compose.test.yml"
     override.write_text(
         f"""services:
@@ -289,6 +345,7 @@ def test_compose_brings_the_api_up_and_stops_it_cleanly(
     ports: !reset []
     environment:
       VAE_PORT: "{port}"
+      VAE_GRPC_PORT: "{grpc_port}"
       VAE_DRAIN_S: "1"
     healthcheck:
       interval: 1s
@@ -313,8 +370,15 @@ def test_compose_brings_the_api_up_and_stops_it_cleanly(
 
     try:
         compose("up", "--detach", "--no-build", "api")
-        container = Container(compose("ps", "--quiet", "api"), f"http://127.0.0.1:{port}")
+        container = Container(
+            compose("ps", "--quiet", "api"), f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+        )
         wait_until_ready(container.url, container.running, container.logs)
+        client = tgrpc.InferenceServerClient(container.grpc)
+        try:
+            assert client.is_server_ready()
+        finally:
+            client.close()
         with httpx.Client(base_url=container.url, timeout=30) as http:
             models = {m["name"] for m in http.get("/models").json()["models"]}
             assert models == {p.name for p in (ROOT / "model_store").iterdir() if p.is_dir()}
