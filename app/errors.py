@@ -2,15 +2,21 @@
 
 Modules below the routes raise these with a human `detail`; nothing else in
 the service builds error responses, so every 4xx has the same JSON shape:
-`{"detail": "..."}`.
+`{"detail": "<a sentence>"}`. Invalid parameters keep FastAPI's list of
+per-field errors under `errors`; the HTTP layer's own refusals (app/protocol.py)
+use the same shape.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.batcher import BatcherClosed, QueueFull
@@ -85,6 +91,44 @@ def known_failure(exc: Exception) -> tuple[int, str, dict[str, str] | None] | No
     return None
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """A client's text quoted in an error sentence, cut to a readable length."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _field_error(error: dict[str, Any]) -> str:
+    """One pydantic error as a clause: "query parameter version: input should be ..."."""
+    where, *names = [str(part) for part in error.get("loc", ())] or ["request"]
+    if where in ("query", "path", "header", "cookie") and names:
+        where = f"{where} parameter {'.'.join(names)}"
+    message = str(error.get("msg", "is invalid"))
+    clause = f"{where}: {message[:1].lower()}{message[1:]}"
+    value = error.get("input")
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        clause += f", got {clip(repr(value))}"
+    return clause
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    detail = "; ".join(_field_error(error) for error in errors) or "the request is invalid"
+    return JSONResponse({"detail": detail, "errors": jsonable_encoder(errors)}, 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such path, wrong method), worded as sentences."""
+    assert isinstance(exc, HTTPException)
+    path = clip(request.url.path)
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"there is no endpoint {path}; /docs lists them"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        detail = f"{request.method} is not allowed on {path}; use {allowed or 'another method'}"
+    return JSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)
+
+
 async def _known(request: Request, exc: Exception) -> JSONResponse:
     found = known_failure(exc)
     assert found is not None
@@ -107,5 +151,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to HTTP; anything unexpected is a logged, opaque 500."""
     for known in (ServiceError, QueueFull, BatcherClosed):
         app.add_exception_handler(known, _known)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal)

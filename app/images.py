@@ -1,30 +1,55 @@
-"""Image and array codecs: uploads in, validated (N, C, H, W) float32 out; PNGs back.
+"""Body codecs: image files and .npy bodies -> arrays, refused before they cost memory.
 
 Everything here is synchronous and pure; the routes call it before anything is
-queued, so a bad image is refused on its own and never fails a batch.
+queued, so a bad image is refused on its own and never fails a batch. What the
+pixels then become is app/pixels.py's one rule.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from app.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServiceError,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from app.pixels import count, size, to_model_input
 from vae_contract.manifest import InputSpec
 
-# The Pillow mode an image file is converted to, by the model's channel count.
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+log = logging.getLogger(__name__)
+__all__ = ["FORMATS", "PixelBudget", "decode_image", "decode_images", "load_npy", "to_model_input"]
+
 # Formats Pillow decodes by itself. Not EPS or PDF: Pillow hands those to Ghostscript.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
-
-
-def _size(width: int, height: int) -> str:
-    return f"{width}×{height}"
+# Pillow modes -> the 8-bit mode whose channels are read (grey, grey and alpha, RGB, RGBA).
+# CMYK, YCbCr, LAB and HSV go through Pillow's conversion to RGB (no ICC profile).
+_EIGHT_BIT = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBX": "RGB",
+              "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBA": "RGBA",
+              "RGBa": "RGBA"}  # fmt: skip
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Signatures of files sent where a .npy was announced, for a useful refusal.
+_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"BM": "a BMP image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"RIFF": "a WebP image",
+    b"{": "JSON",
+    b"[": "JSON",
+    b"PK": "a zip file (an .npz? send one .npy)",
+}
 
 
 class PixelBudget:
@@ -42,16 +67,15 @@ class PixelBudget:
         pixels = width * height
         if pixels > self.left:
             raise PayloadTooLarge(
-                f"image {index} is {_size(width, height)} pixels, which takes the request "
+                f"image {index} is {size(width, height)} pixels, which takes the request "
                 f"past its limit of {self.limit} decoded pixels"
             )
         self.left -= pixels
 
 
-def decode_image(
-    data: bytes, spec: InputSpec, *, index: int, budget: PixelBudget, resize: bool
-) -> np.ndarray:
-    """One image file (PNG, JPEG, BMP, ...) -> uint8 (C, H, W) in the model's channels."""
+def _open(data: bytes, index: int, budget: PixelBudget) -> Image.Image:
+    """One decoded, upright picture: header checked against the budget, one frame, EXIF
+    orientation applied as browsers and phone galleries show it."""
     if not data:
         raise BadRequest(f"image {index} is empty")
     try:
@@ -60,7 +84,16 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             budget.spend(image.width, image.height, index)
+            # MPO is a JPEG with extra pictures (previews, depth maps): the first is the photo.
+            frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise Unprocessable(
+                    f"image {index} has {frames} frames (an animation or a multi-page file); "
+                    "send each frame as its own image"
+                )
             image.load()
+    except ServiceError:
+        raise
     except UnidentifiedImageError:
         raise UnsupportedMediaType(
             f"image {index} is not an image file we can read ({', '.join(FORMATS)})"
@@ -71,40 +104,73 @@ def decode_image(
             f"image {index} is a decompression bomb: its header claims over "
             f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's parsers raise many kinds on corrupt input, none ours
         raise BadRequest(f"image {index} is corrupt or truncated: {exc}") from None
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit grey: Pillow's convert("L") clips instead of scaling.
-        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16)
-        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8))
-    if image.mode == "P" or image.mode == "LA":
-        image = image.convert("RGBA")
-    image = image.convert(_MODES.get(spec.channels, "RGB"))
-    if (image.width, image.height) != (spec.width, spec.height):
-        if not resize:
-            raise Unprocessable(
-                f"image {index} is {_size(image.width, image.height)} pixels, the model "
-                f"expects {_size(spec.width, spec.height)} (width×height); "
-                "send resize=true to resize it"
-            )
-        image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
-    pixels = np.asarray(image, dtype=np.uint8)
-    # (H, W) -> (1, H, W); (H, W, C) -> (C, H, W)
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    if pixels.shape[0] != spec.channels:
-        raise Unprocessable(
-            f"image {index} has {pixels.shape[0]} channels, the model expects {spec.channels}"
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # unreadable EXIF: shown unrotated, as browsers show it
+        log.info("image %d: unreadable EXIF data, orientation not applied", index)
+    return image
+
+
+def _pixels(image: Image.Image, index: int) -> np.ndarray:
+    """A decoded picture -> (H, W, C) in its own bit depth: uint8, uint16 or float32."""
+    mode = image.mode
+    if mode in ("P", "PA"):  # a palette: RGB, with alpha when the palette has transparency
+        return np.asarray(image.convert("RGBA" if image.has_transparency_data else "RGB"))
+    if mode in _EIGHT_BIT:
+        pixels = np.asarray(image if mode == _EIGHT_BIT[mode] else image.convert(_EIGHT_BIT[mode]))
+    elif mode in _SIXTEEN_BIT:
+        pixels = np.asarray(image).astype(np.uint16)  # any byte order -> native
+    elif mode == "I" and image.format == "PPM":
+        pixels = np.asarray(image).astype(np.uint16)  # 16-bit PGM, scaled by Pillow to 0-65535
+    elif mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)  # held to [0, 1], like float arrays
+    elif mode == "I":
+        raise UnsupportedMediaType(
+            f"image {index} has signed or 32-bit integer pixels, which have no range to scale by; "
+            "send 8- or 16-bit images, or 32-bit floats in [0, 1]"
         )
-    return pixels
+    else:
+        raise UnsupportedMediaType(f"image {index} has the pixel mode {mode!r}, not supported")
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def decode_image(
+    data: bytes, spec: InputSpec, *, index: int, budget: PixelBudget, scale: float, resize: bool
+) -> np.ndarray:
+    """One image file (PNG, JPEG, BMP, ...) -> float32 (C, H, W) in [0, 1], the model's x."""
+    if spec.channels not in (1, 3):
+        raise Unprocessable(
+            f"the model takes {count(spec.channels, 'channel')}; image files can only be "
+            "made grey (1) or RGB (3): send the pixels as an array"
+        )
+    pixels = _pixels(_open(data, index, budget), index)
+    x = to_model_input(
+        pixels[None],  # (1, H, W, C)
+        spec,
+        scale=scale,
+        max_images=1,
+        resize=resize,
+        name=f"image {index}",
+        layout="NHWC",
+    )
+    image: np.ndarray = x[0]
+    return image
 
 
 def decode_images(
-    files: list[bytes], spec: InputSpec, *, max_pixels: int, resize: bool
+    files: list[bytes], spec: InputSpec, *, scale: float, max_pixels: int, resize: bool
 ) -> np.ndarray:
-    """Image files -> uint8 (N, C, H, W)."""
+    """Image files -> the model's x, float32 (N, C, H, W) in [0, 1]."""
     budget = PixelBudget(max_pixels)
     return np.stack(
-        [decode_image(f, spec, index=i, budget=budget, resize=resize) for i, f in enumerate(files)]
+        [
+            decode_image(f, spec, index=i, budget=budget, scale=scale, resize=resize)
+            for i, f in enumerate(files)
+        ]
     )
 
 
@@ -114,88 +180,56 @@ _NPY_HEADER = re.compile(
     rb"\{'descr': '([<|][uif][1248])', 'fortran_order': False, "
     rb"'shape': \(((?:\d+, )*\d+|\d+,|)\), \} *\n"
 )
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def _load_npy_fast(body: bytes) -> np.ndarray | None:
-    """The common .npy, read without `np.load`, whose `ast.literal_eval` of the header
-    was a fifth of the loop's time per one-image request; None for anything else."""
-    if body[:8] != b"\x93NUMPY\x01\x00" or len(body) < 10:
-        return None
-    offset = 10 + int.from_bytes(body[8:10], "little")
-    match = _NPY_HEADER.fullmatch(body, 10, offset)
-    if match is None:
-        return None
-    dtype = np.dtype(match[1].decode())
-    shape = tuple(int(d) for d in match[2].split(b",") if d.strip())
-    if len(body) - offset != math.prod(shape) * dtype.itemsize:
-        return None  # truncated or padded: np.load words the error
-    return np.frombuffer(body, dtype, offset=offset).reshape(shape)
+def _npy_header(body: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data offset) of a .npy body, without allocating."""
+    if body[:8] == _NPY_MAGIC + b"\x01\x00" and len(body) >= 10:
+        # The common header, read without np.lib.format's `ast.literal_eval`, which was
+        # a fifth of the event loop's time per one-image request.
+        offset = 10 + int.from_bytes(body[8:10], "little")
+        match = _NPY_HEADER.fullmatch(body, 10, offset)
+        if match is not None:
+            shape = tuple(int(d) for d in match[2].split(b",") if d.strip())
+            return np.dtype(match[1].decode()), shape, False, offset
+    if not body.startswith(_NPY_MAGIC):
+        what = next((name for sig, name in _SIGNATURES.items() if body.startswith(sig)), None)
+        raise BadRequest(
+            "the body is not a .npy file (no \\x93NUMPY magic)"
+            + (f"; it looks like {what}: send it with its own content type" if what else "")
+        )
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise BadRequest(f"the .npy format version {version[0]}.{version[1]} is not read here")
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise BadRequest(f"the .npy header is not readable: {exc}") from None
+    if any(d < 0 for d in shape) or len(shape) > 32:
+        raise BadRequest(f"the .npy header declares an impossible shape {shape}")
+    return dtype, shape, fortran, stream.tell()
 
 
 def load_npy(body: bytes) -> np.ndarray:
-    """A .npy file -> array; never unpickles. The array may be read-only."""
-    fast = _load_npy_fast(body)
-    if fast is not None:
-        return fast
-    try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except ValueError as exc:
-        raise BadRequest(f"body is not a readable .npy array: {exc}") from None
-    except (OSError, EOFError) as exc:
-        raise BadRequest(f"body is not a readable .npy file: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise BadRequest("body is not a single .npy array")
-    return array
-
-
-def _resize_float(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, C, h, w) float32 -> (N, C, H, W), channel by channel in Pillow's float mode."""
-    out = np.empty((*images.shape[:2], height, width), dtype=np.float32)
-    for n, c in np.ndindex(*images.shape[:2]):
-        plane = Image.fromarray(np.ascontiguousarray(images[n, c]))  # float32 -> mode F
-        out[n, c] = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR))
-    return np.clip(out, 0.0, 1.0)
-
-
-def to_model_input(
-    array: np.ndarray, spec: InputSpec, *, scale: float, max_images: int, resize: bool
-) -> np.ndarray:
-    """Validate a pixel array and scale it to the model's x: float32 (N, C, H, W) in [0, 1].
-
-    Accepts uint8 0-255 (divided by `scale`) or floats already in [0, 1], as
-    (N, H, W) or (N, C, H, W).
-    """
-    if array.ndim >= 1 and len(array) == 0:
-        raise Unprocessable("the batch is empty: send at least one image")
-    if array.ndim == 3:
-        array = array[:, None]  # (N, H, W) -> (N, 1, H, W)
-    if array.ndim != 4:
-        raise Unprocessable(
-            f"pixels must be N×H×W or N×C×H×W, got {array.ndim} dimensions {list(array.shape)}"
+    """A .npy file -> a read-only view of its bytes; never unpickles, never allocates:
+    the size the header declares must be the size of the data that follows it."""
+    dtype, shape, fortran, offset = _npy_header(body)
+    if dtype.itemsize == 0:
+        raise BadRequest(f"the .npy array's dtype {dtype} holds no bytes per value")
+    if dtype.hasobject:
+        raise BadRequest(
+            "the .npy array holds Python objects, which are never unpickled; send numbers"
         )
-    n, channels, height, width = array.shape
-    if n > max_images:
-        raise PayloadTooLarge(f"{n} images in one request; the limit is {max_images}")
-    if channels != spec.channels:
-        raise Unprocessable(f"images have {channels} channels, the model expects {spec.channels}")
-    if array.dtype == np.uint8:
-        x = array.astype(np.float32) / np.float32(scale)
-    elif np.issubdtype(array.dtype, np.floating):
-        x = array.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise Unprocessable("pixels contain NaN or infinity")
-        low, high = float(x.min()), float(x.max())
-        if low < 0.0 or high > 1.0:
-            raise Unprocessable(
-                f"float pixels must lie in [0, 1], got values in [{low:g}, {high:g}]"
-            )
-    else:
-        raise Unprocessable(f"pixels must be uint8 0-255 or float 0-1, got dtype {array.dtype}")
-    if (height, width) != (spec.height, spec.width):
-        if not resize:
-            raise Unprocessable(
-                f"images are {_size(width, height)} pixels, the model expects "
-                f"{_size(spec.width, spec.height)} (width×height); send resize=true to resize"
-            )
-        x = _resize_float(x, spec.height, spec.width)
-    return np.ascontiguousarray(x)
+    declared, held = math.prod(shape) * dtype.itemsize, len(body) - offset
+    if declared != held:
+        raise BadRequest(
+            f"the .npy header declares {math.prod(shape)} values of {dtype} ({declared} bytes, "
+            f"shape {shape}) but {held} bytes follow it"
+        )
+    array = np.frombuffer(body, dtype, math.prod(shape), offset)
+    return array.reshape(shape, order="F" if fortran else "C")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -25,8 +26,11 @@ from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMe
 from app.images import decode_images, load_npy, to_model_input
 from vae_contract.manifest import Manifest
 
+T = TypeVar("T")
+
 NPY = "application/x-npy"
 IMAGE_TYPES = f"multipart/form-data, application/json, {NPY} or image/*"
+PIXEL_LAYOUTS = "N×H×W, N×C×H×W or N×H×W×C"
 LATENT_TYPES = f"application/json or {NPY}"
 # Arrays up to this size are checked and scaled on the event loop; a worker
 # thread costs the loop more (a hand-off and a wake-up) than the work itself.
@@ -61,15 +65,51 @@ def _json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _numbers(value: Any, field: str) -> np.ndarray:
-    """A JSON nested list of numbers -> a float array, refusing ragged or non-numeric."""
+_JSON_TYPES = {str: "a string", bool: "true or false", type(None): "null", dict: "an object"}
+
+
+def _leaf_types(value: Any) -> set[type]:
+    """The types of everything in nested lists that is not a list."""
+    types, stack = set(), [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(item)
+        else:
+            types.add(type(item))
+    return types
+
+
+def _numbers(
+    value: Any, field: str, layouts: str, levels: tuple[int, int], max_rows: int
+) -> np.ndarray:
+    """A JSON nested list of numbers -> float64 array, or a clear refusal. `levels`: the
+    least and most nesting; at the most (and for pixels always) the first axis is N.
+
+    The nesting along the first elements is checked before numpy sees the lists: numpy
+    walks every list to find a shape, and a 16 MB body of `[[],[],…]` costs it seconds.
+    """
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list) and len(shape) <= levels[1]:
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    if shape[:1] == [0] or (shape and 0 in shape and len(shape) >= levels[0]):
+        raise Unprocessable(f'"{field}" is empty: send at least one value per axis')
+    if not levels[0] <= len(shape) <= levels[1]:
+        got = f"{len(shape)} levels of lists" if shape else _JSON_TYPES.get(type(value), "a number")
+        raise Unprocessable(f'"{field}" must be nested lists, {layouts}; got {got}')
+    if (len(shape) == levels[1] or field == "pixels") and shape[0] > max_rows:
+        raise PayloadTooLarge(f'"{field}" holds {shape[0]} items; the limit is {max_rows}')
+    kinds = _leaf_types(value) - {int, float}
+    if kinds:  # numpy would read "1", true and null as numbers
+        found = _JSON_TYPES.get(kinds.pop(), "a list")
+        raise Unprocessable(f'"{field}" must hold numbers only; it holds {found}')
     try:
-        array = np.asarray(value)
+        array = np.array(value, dtype=np.float64)
     except ValueError:  # ragged
         raise Unprocessable(f'"{field}" must be a rectangular array of numbers') from None
-    if array.dtype.kind not in "iuf":
-        raise Unprocessable(f'"{field}" must be a rectangular array of numbers')
-    return array.astype(np.float32)
+    return array
 
 
 async def _multipart_files(headers: Headers, body: bytes, max_files: int) -> list[bytes]:
@@ -111,10 +151,33 @@ def _base64_files(images: Any) -> list[bytes]:
     return files
 
 
-async def read_images(
-    request: Request, manifest: Manifest, settings: Settings, *, resize: bool
-) -> np.ndarray:
-    """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated."""
+@dataclass(frozen=True)
+class ImageBody:
+    """An image request's body, parsed without the model: image files or one pixel array."""
+
+    files: list[bytes] | None = None
+    array: np.ndarray | None = None
+
+
+def _json_images(body: bytes, max_images: int) -> ImageBody:
+    payload = _json(body)
+    if ("images" in payload) == ("pixels" in payload):
+        raise Unprocessable('send exactly one of "images" (base64 image files) or "pixels"')
+    if "images" in payload:
+        return ImageBody(files=_base64_files(payload["images"]))
+    return ImageBody(array=_numbers(payload["pixels"], "pixels", PIXEL_LAYOUTS, (3, 4), max_images))
+
+
+async def _parsed(body: bytes, parse: Callable[[bytes, int], T], limit: int) -> T:
+    """Parse a body on the event loop when small, else in a worker thread: orjson and
+    numpy take a second over 16 MB of JSON, which no other request should wait for."""
+    if len(body) <= _INLINE_BYTES:
+        return parse(body, limit)
+    return await asyncio.to_thread(parse, body, limit)
+
+
+async def read_image_body(request: Request, settings: Settings) -> ImageBody:
+    """Any accepted image body -> files or an array, with the request's limits applied."""
     media = media_type(request)
     known = media in {"multipart/form-data", "application/json", NPY} or media.startswith("image/")
     if not known:
@@ -123,61 +186,69 @@ async def read_images(
         )
     limit = settings.max_images_per_request
     body = await read_body(request, settings.max_body_bytes)
-    files: list[bytes] | None = None
-    array: np.ndarray | None = None
     if media == "multipart/form-data":
-        files = await _multipart_files(request.headers, body, limit)
+        parsed = ImageBody(files=await _multipart_files(request.headers, body, limit))
     elif media.startswith("image/"):
-        files = [body]
+        parsed = ImageBody(files=[body])
     elif media == NPY:
-        array = load_npy(body)
+        parsed = ImageBody(array=load_npy(body))
     else:
-        payload = _json(body)
-        if ("images" in payload) == ("pixels" in payload):
-            raise Unprocessable('send exactly one of "images" (base64 image files) or "pixels"')
-        if "images" in payload:
-            files = _base64_files(payload["images"])
-        else:
-            array = _numbers(payload["pixels"], "pixels")
-    if files is not None:
-        if len(files) > limit:
-            raise PayloadTooLarge(f"{len(files)} images in one request; the limit is {limit}")
-        if not files:
+        parsed = await _parsed(body, _json_images, limit)
+    if parsed.files is not None:
+        n = len(parsed.files)
+        if n > limit:
+            raise PayloadTooLarge(f"{n} images in one request; the limit is {limit}")
+        if not parsed.files:
             raise Unprocessable("the batch is empty: send at least one image")
-    if array is not None:
-        return await pixels_to_x(array, manifest, settings, resize=resize)
+    return parsed
+
+
+def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: bool) -> np.ndarray:
+    """A parsed body -> the model's x, float32 (N, C, H, W) in [0, 1]. Blocking."""
+    scale = manifest.preprocessing.scale
+    if body.files is not None:
+        return decode_images(
+            body.files, manifest.input, scale=scale, max_pixels=settings.max_pixels, resize=resize
+        )
+    assert body.array is not None
+    return to_model_input(
+        body.array,
+        manifest.input,
+        scale=scale,
+        max_images=settings.max_images_per_request,
+        resize=resize,
+    )
+
+
+async def read_images(
+    request: Request, manifest: Manifest, settings: Settings, *, resize: bool
+) -> np.ndarray:
+    """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated."""
+    body = await read_image_body(request, settings)
+    if body.array is not None:
+        return await pixels_to_x(body.array, manifest, settings, resize=resize)
     # Decoding is CPU work: off the event loop, like the model calls. Image files
     # always go: a small file can still declare millions of pixels.
-    return await asyncio.to_thread(_to_x, files, array, manifest, settings, resize)
+    return await asyncio.to_thread(to_x, body, manifest, settings, resize=resize)
 
 
 async def pixels_to_x(
     array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: bool = False
 ) -> np.ndarray:
-    """A pixel array (uint8 0-255 or floats 0-1) -> x, float32 (N, C, H, W), validated."""
+    """A pixel array of any accepted layout and dtype -> x, float32 (N, C, H, W), validated
+    (app/pixels.py's rule, as for every image input)."""
+    body = ImageBody(array=array)
     if array.nbytes <= _INLINE_BYTES and not resize:
         # Checking and scaling a few images takes microseconds, less than the hop.
-        return _to_x(None, array, manifest, settings, resize)
-    return await asyncio.to_thread(_to_x, None, array, manifest, settings, resize)
+        return to_x(body, manifest, settings, resize=resize)
+    return await asyncio.to_thread(to_x, body, manifest, settings, resize=resize)
 
 
-def _to_x(
-    files: list[bytes] | None,
-    array: np.ndarray | None,
-    manifest: Manifest,
-    settings: Settings,
-    resize: bool,
-) -> np.ndarray:
-    if files is not None:
-        array = decode_images(files, manifest.input, max_pixels=settings.max_pixels, resize=resize)
-    assert array is not None
-    return to_model_input(
-        array,
-        manifest.input,
-        scale=manifest.preprocessing.scale,
-        max_images=settings.max_images_per_request,
-        resize=resize,
-    )
+def _json_latents(body: bytes, max_rows: int) -> np.ndarray:
+    payload = _json(body)
+    if "z" not in payload:
+        raise Unprocessable('the JSON body needs "z": a list of latent vectors')
+    return _numbers(payload["z"], "z", "N×L or one vector of length L", (1, 2), max_rows)
 
 
 async def read_latents(request: Request, latent_dim: int, settings: Settings) -> np.ndarray:
@@ -193,27 +264,24 @@ async def read_latents(request: Request, latent_dim: int, settings: Settings) ->
         if z.dtype.kind not in "iuf":
             raise Unprocessable(f"latents must be numbers, got dtype {z.dtype}")
     else:
-        payload = _json(body)
-        if "z" not in payload:
-            raise Unprocessable('the JSON body needs "z": a list of latent vectors')
-        z = _numbers(payload["z"], "z")
+        z = await _parsed(body, _json_latents, settings.max_images_per_request)
     return check_latents(z, latent_dim, settings)
 
 
 def check_latents(z: np.ndarray, latent_dim: int, settings: Settings) -> np.ndarray:
     """Latents of any number type -> z, float32 (N, L), validated."""
-    z = z.astype(np.float32)
+    limit = settings.max_images_per_request
     if z.size == 0:
         raise Unprocessable("the batch is empty: send at least one latent vector")
     if z.ndim == 1:
         z = z[None]  # one latent vector
     if z.ndim != 2:
         raise Unprocessable(f"z must be N×L or one vector of length L, got shape {list(z.shape)}")
-    limit = settings.max_images_per_request
     if len(z) > limit:
         raise PayloadTooLarge(f"{len(z)} latents in one request; the limit is {limit}")
     if z.shape[1] != latent_dim:
         raise Unprocessable(f"latents have length {z.shape[1]}, the model expects {latent_dim}")
+    z = z.astype(np.float32)
     if not np.isfinite(z).all():
-        raise Unprocessable("z contains NaN or infinity")
-    return np.ascontiguousarray(z)
+        raise Unprocessable("z contains NaN or infinity (or values beyond float32)")
+    return z

@@ -25,6 +25,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.oip import grpc_service
 from app.oip import http as oip_http
+from app.protocol import HttpProtocol
 from app.registry import Registry
 from app.routes import models, ops, vae
 from app.routes.page import add_page
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        http=HttpProtocol,  # bounds the request head; its refusals are JSON like the app's
     )
     server = DrainingServer(config, drain_s=settings.drain_s, on_drain=app.state.registry.drain)
     # What uvicorn.run does around Server.run, which takes no server class of ours:

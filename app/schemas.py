@@ -43,7 +43,10 @@ def _examples(*examples: dict[str, Any]) -> ConfigDict:
 
 class ErrorDetail(BaseModel):
     model_config = _examples({"detail": "image 0 is 32×32 pixels, the model expects 28×28"})
-    detail: str
+    detail: str = Field(description="What was wrong, in a sentence.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="Invalid parameters only: each one's location and message (FastAPI's)."
+    )
 
 
 class Latent(BaseModel):

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from anyio.from_thread import BlockingPortal
 from app_support import Reference, copy_version, image_file, metric, npy
+from conversion import documented_file_x
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.batcher import Batcher
 from app.config import Settings
@@ -65,6 +66,12 @@ def client(model_store: Path) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def ref(version_dir: Path) -> Reference:
     return Reference(version_dir)
+
+
+def saved(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
 
 
 def results(response: Any) -> list[dict[str, Any]]:
@@ -133,6 +140,49 @@ def test_encode_accepts_one_raw_image_body(
     np.testing.assert_array_equal(
         as_arrays(results(response), "mean"), ref.encode(ref.x(mnist[:1]))[0]
     )
+
+
+def phone_photo(digit: np.ndarray) -> bytes:
+    """A JPEG stored sideways and tagged (EXIF orientation 6) to be shown upright."""
+    image = Image.fromarray(np.rot90(digit, 1)).convert("RGB")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    return saved(image, "JPEG", exif=exif, quality=95)
+
+
+def other_inputs(digit: np.ndarray) -> dict[str, bytes]:
+    """Image files that were once a 500 or a silently wrong answer."""
+    alpha = np.where(np.arange(28) < 14, 255, 96).astype(np.uint8)[None].repeat(28, 0)
+    rgb = np.dstack([digit, 255 - digit, digit // 2])
+    return {
+        "cielab tiff": saved(Image.fromarray(rgb).convert("LAB"), "TIFF"),
+        "exif-rotated jpeg": phone_photo(digit),
+        "float tiff": saved(Image.fromarray(digit.astype(np.float32) / 255), "TIFF"),
+        "16-bit png": saved(Image.fromarray(digit.astype(np.uint16) * 257), "PNG"),
+        "rgba png": saved(Image.fromarray(np.dstack([rgb, alpha])), "PNG"),
+        "cmyk jpeg": saved(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(other_inputs(np.zeros((28, 28), np.uint8))))
+def test_every_image_kind_encodes_as_its_documented_pixels(
+    client: TestClient, ref: Reference, mnist: np.ndarray, kind: str
+) -> None:
+    """The README's conversion of the upright, decoded picture, through the encoder graph."""
+    data = other_inputs(mnist[0])[kind]
+    rows = results(client.post("/encode", **files(data)))
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    x = documented_file_x(shown, 1)[None].astype(np.float32)
+    if kind == "exif-rotated jpeg":  # upright: close to the digit itself, not to it sideways
+        assert np.abs(x[0, 0] - mnist[0] / 255).mean() < 0.02
+    np.testing.assert_allclose(as_arrays(rows, "mean"), ref.encode(x)[0], atol=1e-5)
+
+
+def test_channels_last_npy_equals_channels_first(client: TestClient, mnist: np.ndarray) -> None:
+    nchw = mnist[:3, None]
+    first = results(client.post("/encode", content=npy(nchw), headers=NPY))
+    last = results(client.post("/encode", content=npy(nchw.transpose(0, 2, 3, 1)), headers=NPY))
+    assert first == last
 
 
 def test_encode_sample_draws_a_reproducible_z(
@@ -366,6 +416,22 @@ ZEROS = np.zeros((1, 28, 28), np.uint8)
 NOISE_PNG = image_file(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
 PNG_32 = image_file(np.zeros((32, 32), np.uint8))
 BIG_PNG = image_file(np.zeros((300, 300), np.uint8))
+
+
+# A 140-byte .npy declaring 2^40 float64 values: 8 TiB, once a MemoryError and a 500.
+HUGE_NPY = (
+    b"\x93NUMPY\x01\x00\x76\x00"
+    + b"{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776,), }".ljust(117)
+    + b"\n"
+    + bytes(12)
+)
+ANIMATED_GIF = saved(
+    Image.fromarray(ZEROS[0]),
+    "GIF",
+    save_all=True,
+    append_images=[Image.fromarray(ZEROS[0] + i) for i in (90, 180)],
+)
+INT32_TIFF = saved(Image.fromarray(np.zeros((28, 28), np.int32)), "TIFF")
 BAD_REQUESTS = [  # (method, url, request, status, a phrase of the detail)
     ("post", "/encode", files(b"hello"), 415, "not an image"),
     ("post", "/encode", files(NOISE_PNG[: len(NOISE_PNG) // 2]), 400, "corrupt or truncated"),
@@ -373,13 +439,13 @@ BAD_REQUESTS = [  # (method, url, request, status, a phrase of the detail)
     ("post", "/encode", raw(b"{", "application/json"), 400, "not valid JSON"),
     ("post", "/encode", {"json": {"imgs": []}}, 422, "exactly one of"),
     ("post", "/encode", {"json": {"images": ["%%%"]}}, 400, "not valid base64"),
-    ("post", "/encode", {"json": {"pixels": [[0.1], [0.1, 0.2]]}}, 422, "rectangular"),
+    ("post", "/encode", {"json": {"pixels": [[[0.1], [0.1, 0.2]]]}}, 422, "rectangular"),
     ("post", "/encode", files(PNG_32), 422, "32×32 pixels, the model expects 28×28"),
-    ("post", "/elbo", raw(npy(np.zeros((1, 3, 28, 28), np.uint8))), 422, "3 channels, the model"),
+    ("post", "/elbo", raw(npy(np.zeros((1, 5, 28, 28), np.uint8))), 422, "5 channels as N×C×H×W"),
     ("post", "/elbo", raw(npy(np.full((1, 28, 28), np.nan, np.float32))), 422, "NaN"),
     ("post", "/encode", {"json": {"pixels": [[[2.0] * 28] * 28]}}, 422, "must lie in [0, 1]"),
     ("post", "/encode", raw(npy(np.zeros(1))[:20]), 400, ".npy"),
-    ("post", "/encode", raw(pickled()), 400, "allow_pickle"),
+    ("post", "/encode", raw(pickled()), 400, "never unpickled"),
     ("post", "/encode", {"json": {"pixels": []}}, 422, "empty"),
     ("post", "/encode", {"json": {"images": []}}, 422, "empty"),
     ("post", "/decode", {"json": {"z": []}}, 422, "empty"),
@@ -397,6 +463,29 @@ BAD_REQUESTS = [  # (method, url, request, status, a phrase of the detail)
     ("get", "/sample?model=fashion", {}, 404, "no model named 'fashion'"),
     ("get", "/sample?version=7", {}, 404, "no version 7"),
     ("get", "/sample?seed=-1", {}, 422, "greater than or equal to 0"),
+    # Once 500s: empty inner lists, a CIELab TIFF (see test_a_cielab_tiff...), a huge .npy.
+    ("post", "/encode", {"json": {"pixels": [[[]]]}}, 422, '\\"pixels\\" is empty'),
+    ("post", "/encode", raw(HUGE_NPY), 400, "declares 1099511627776 values of float64"),
+    # Once silent or misleading.
+    ("post", "/encode", raw(image_file(ZEROS[0])), 400, "it looks like a PNG image"),
+    ("post", "/encode", files(ANIMATED_GIF), 422, "image 0 has 3 frames"),
+    ("post", "/encode", files(INT32_TIFF), 415, "32-bit integer pixels"),
+    ("post", "/encode", raw(npy(np.zeros((1, 28, 28), np.int64))), 422, "got dtype int64"),
+    ("post", "/encode", raw(npy(np.zeros((28, 28, 3), np.uint8))), 422, "send it as 1×28×28×3"),
+    ("post", "/encode", {"json": {"pixels": [[["0.5"] * 28] * 28]}}, 422, "it holds a string"),
+    ("post", "/encode", {"json": {"pixels": [[[True] * 28] * 28]}}, 422, "it holds true or false"),
+    ("post", "/encode", {"json": {"pixels": [[[None] * 28] * 28]}}, 422, "it holds null"),
+    ("post", "/encode", {"json": {"pixels": 0.5}}, 422, "must be nested lists, N×H×W"),
+    ("post", "/encode", {"json": {"pixels": [[[[[0.5]]]]]}}, 422, "got 5 levels of lists"),
+    ("post", "/decode", {"json": {"z": [["a"] * 8]}}, 422, "it holds a string"),
+    ("post", "/decode", {"json": {"z": {"a": 1}}}, 422, "length L; got an object"),
+    # Parameters and paths, in the same shape as every other error.
+    ("get", "/sample?version=0", {}, 422, "query parameter version: input should be greater"),
+    ("get", "/sample?model=../x", {}, 422, "query parameter model: string should match pattern"),
+    ("get", "/sample?n=two&temperature=-1", {}, 422, "integer, got 'two'; query parameter temper"),
+    ("get", "/models/..x", {}, 422, "path parameter name: string should match pattern"),
+    ("get", "/nowhere", {}, 404, "there is no endpoint /nowhere"),
+    ("delete", "/encode", {}, 405, "DELETE is not allowed on /encode; use POST"),
 ]  # fmt: skip
 
 
@@ -406,8 +495,17 @@ def test_bad_input_is_a_clear_4xx(
 ) -> None:
     response = getattr(client, method)(url, **request_)
     assert response.status_code == status, response.text
-    assert detail in json.dumps(response.json()["detail"], ensure_ascii=False)
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body["detail"], str), body  # one shape for every error
+    assert detail in json.dumps(body["detail"], ensure_ascii=False)
     assert client.get("/healthz").status_code == 200  # still up
+
+
+def test_invalid_parameters_keep_the_per_field_list_beside_the_sentence(client: TestClient) -> None:
+    body = client.get("/sample?version=0&n=0").json()
+    assert [error["loc"] for error in body["errors"]] == [["query", "version"], ["query", "n"]]
+    assert body["detail"].count("query parameter") == 2
 
 
 def test_a_full_queue_is_503_with_retry_after(model_store: Path, mnist: np.ndarray) -> None:

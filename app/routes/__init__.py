@@ -7,6 +7,7 @@ import typing
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fastapi.dependencies.utils import get_dependant, get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends
 from fastapi.routing import APIRoute
@@ -15,13 +16,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
+from app.schemas import ErrorDetail
+
+INVALID_PARAMETERS = {
+    "model": ErrorDetail,
+    "description": "Invalid parameters: `detail` says which and why, `errors` lists each.",
+}
+
 
 class SummaryRoute(APIRoute):
     """A route whose OpenAPI summary is its docstring's first line (the rest stays the
-    description), so each route documents itself in one place."""
+    description), so each route documents itself in one place. Its 422 is documented
+    in the service's error shape (app/errors.py), not FastAPI's list."""
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
+        responses = dict(kwargs.pop("responses", None) or {})
+        if 422 not in responses and get_flat_params(get_dependant(path=path, call=endpoint)):
+            responses[422] = INVALID_PARAMETERS
+        super().__init__(path, endpoint, responses=responses, **kwargs)
         if self.summary is None and self.description:
             self.summary = self.description.splitlines()[0]
 
@@ -34,9 +46,10 @@ class QueryRoute(SummaryRoute):
     is validated with one pydantic model built from that signature instead of
     FastAPI's dependency solver, which walks every parameter's annotation again
     per request: on one-image /encode calls that machinery took more event-loop
-    time than the batched model call (bench/profile.md). Errors keep FastAPI's
-    422 shape, with `loc` ["query", name]; tests/test_app_routes.py holds the
-    two to the same answers.
+    time than the batched model call (bench/profile.md). Errors are FastAPI's
+    RequestValidationError, with `loc` ["query", name], which app/errors.py words
+    like every other error; tests/test_app_routes.py holds the two to the same
+    answers.
     """
 
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:

@@ -1,0 +1,73 @@
+"""The HTTP/1.1 layer: uvicorn's httptools protocol, bounded and answering in JSON.
+
+uvicorn's own refusals of a request it cannot parse are text/plain, and httptools
+buffers a request's head without limit (a 2 MB header line was read whole) while
+it cannot parse a URL over 65,535 bytes at all. This protocol refuses a head
+over MAX_HEAD_BYTES as soon as that many bytes arrived without it ending (414
+when the URL is most of it, else 431), and words every refusal as the app does:
+`{"detail": "<a sentence>"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# The request line and headers. Proxies stop at 8-64 KiB, and the longest URL
+# httptools can parse is 65,535 bytes.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """`vae-serve` runs uvicorn with this protocol (uvicorn.run(..., http=HttpProtocol))."""
+
+    _head: int | None = 0  # bytes of the current request's head so far; None past it
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head is None or self.transport.is_closing():
+            return
+        self._head += len(data)
+        if self._head > MAX_HEAD_BYTES:
+            self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self._head = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head = 0  # the next request on this connection starts its head
+
+    def send_400_response(self, msg: str) -> None:
+        if len(self.url) >= MAX_HEAD_BYTES:  # httptools cannot parse it
+            self._refuse_head()
+        else:
+            self._refuse(400, "the request is not valid HTTP/1.1")
+
+    def _refuse_head(self) -> None:
+        limit = f"a request's line and headers may hold {MAX_HEAD_BYTES} bytes"
+        if len(self.url) > MAX_HEAD_BYTES // 2:
+            self._refuse(414, f"the URL is over {len(self.url)} bytes long; {limit}")
+        else:
+            self._refuse(431, f"the headers are too large; {limit}")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        body = orjson.dumps({"detail": detail})
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
