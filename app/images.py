@@ -231,5 +231,8 @@ def load_npy(body: bytes) -> np.ndarray:
             f"the .npy header declares {math.prod(shape)} values of {dtype} ({declared} bytes, "
             f"shape {shape}) but {held} bytes follow it"
         )
-    array = np.frombuffer(body, dtype, math.prod(shape), offset)
-    return array.reshape(shape, order="F" if fortran else "C")
+    try:
+        array = np.frombuffer(body, dtype, math.prod(shape), offset)
+        return array.reshape(shape, order="F" if fortran else "C")
+    except ValueError:  # no values, but axes whose product numpy cannot index: (2^40, 2^40, 0)
+        raise BadRequest(f"the .npy header declares an impossible shape {shape}") from None

@@ -17,8 +17,8 @@ from app.errors import PayloadTooLarge, Unprocessable
 from vae_contract.manifest import InputSpec
 
 Layout = Literal["NCHW", "NHWC"]
-# What a channel count means when it is not the model's own.
-COLOURS = {1: "grey", 2: "grey and alpha", 3: "RGB", 4: "RGB and alpha"}
+# Channel counts converted to the model's: grey, grey and alpha, RGB, RGB and alpha.
+COLOURS = (1, 2, 3, 4)
 # ITU-R BT.601 luma, the weights of Pillow's convert("L").
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -52,20 +52,14 @@ def _expected(spec: InputSpec) -> str:
 
 
 def _layout(shape: tuple[int, ...], spec: InputSpec, resize: bool) -> Layout:
-    """Which axis of (N, a, b, c) holds the channels. The model's own layout first, then
-    channels-last; with resize=true, whichever axis can hold channels, if only one can."""
+    """Which axis of (N, a, b, c) holds the channels: the model's own layout when both
+    fit, then channels-last; with resize=true, whichever axis can, if only one can."""
     _, a, b, c = shape
     hw = (spec.height, spec.width)
-    readings: tuple[tuple[Layout, int, tuple[int, int]], ...] = (
-        ("NCHW", a, (b, c)),
-        ("NHWC", c, (a, b)),
-    )
-    for layout, channels, pixels in readings:
-        if channels == spec.channels and pixels == hw:
-            return layout
-    for layout, channels, pixels in readings:
-        if _convertible(channels, spec) and pixels == hw:
-            return layout
+    if _convertible(a, spec) and (b, c) == hw:
+        return "NCHW"
+    if _convertible(c, spec) and (a, b) == hw:
+        return "NHWC"
     first, last = _convertible(a, spec), _convertible(c, spec)
     if resize and first and last:
         raise Unprocessable(

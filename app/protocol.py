@@ -19,20 +19,26 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # The request line and headers. Proxies stop at 8-64 KiB, and the longest URL
 # httptools can parse is 65,535 bytes.
 MAX_HEAD_BYTES = 64 * 1024
+# How long a refused connection still reads (and drops) what the client sends: closed
+# with unread bytes, TCP resets the connection and the client never sees the answer.
+LINGER_S = 5.0
 
 
 class HttpProtocol(HttpToolsProtocol):
     """`vae-serve` runs uvicorn with this protocol (uvicorn.run(..., http=HttpProtocol))."""
 
     _head: int | None = 0  # bytes of the current request's head so far; None past it
+    _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head = 0
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: read and drop
         super().data_received(data)
-        if self._head is None or self.transport.is_closing():
+        if self._head is None or self._refused or self.transport.is_closing():
             return
         self._head += len(data)
         if self._head > MAX_HEAD_BYTES:
@@ -70,4 +76,7 @@ class HttpProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the answer is whole; the client may still be sending
+        self.loop.call_later(LINGER_S, self.transport.close)

@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny model trained once per session, and real MNIST images."""
+"""Shared fixtures: a tiny model trained once per session, and real MNIST images;
+the budgets of the property-based tests."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +11,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_support import MNIST_TEST_IMAGES, TINY_MODEL, read_mnist
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (hypothesis, schemathesis) are deterministic and small in CI: a
+# fixed derandomized search, no example database. VAE_HYPOTHESIS=explore searches far
+# more, with fresh randomness, for a developer hunting bugs.
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "explore",
+    settings.get_profile("ci"),
+    max_examples=int(os.environ.get("VAE_HYPOTHESIS_EXAMPLES", "2000")),
+    derandomize=False,
+)
+settings.load_profile(os.environ.get("VAE_HYPOTHESIS", "ci"))
 
 
 @pytest.fixture(scope="session", autouse=True)

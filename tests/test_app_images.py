@@ -265,6 +265,9 @@ def test_a_huge_declared_size_is_refused_before_anything_is_allocated() -> None:
     assert len(body) == 140
     with pytest.raises(BadRequest, match=r"declares 1099511627776 values of float64 .* 12 bytes"):
         load_npy(body)
+    no_values = "{'descr': '<f4', 'fortran_order': False, 'shape': (2**42, 2**42, 0), }"
+    with pytest.raises(BadRequest, match="impossible shape"):  # numpy cannot index its axes
+        load_npy(npy_header(no_values.replace("2**42", str(2**42))))
 
 
 @pytest.mark.parametrize(

@@ -36,17 +36,19 @@ RNG = np.random.default_rng(0)
 SECTION = "Input conversion"
 
 
-def decode(data: bytes, channels: int, **kwargs: Any) -> np.ndarray:
+def decode(data: bytes, channels: int) -> np.ndarray:
+    """One file -> x (C, H, W) for a model of `channels` channels."""
     x: np.ndarray = decode_images(
-        [data], SPECS[channels], scale=255.0, max_pixels=10**6, resize=kwargs.get("resize", False)
+        [data], SPECS[channels], scale=255.0, max_pixels=10**6, resize=False
     )
-    return x[0]
+    return np.asarray(x[0])
 
 
 def refusal(call: Any) -> ServiceError:
     with pytest.raises(ServiceError) as error:
         call()
-    return error.value
+    refused: ServiceError = error.value
+    return refused
 
 
 def random_image(mode: str, size: tuple[int, int] = (W, H)) -> Image.Image:
