@@ -2,8 +2,10 @@
 
 /encode and /elbo read images as multipart files, JSON (base64 files or
 pixel arrays), a raw .npy body or a single raw image body; /decode reads
-latents as JSON or .npy. Every limit is enforced here, and every failure is a
-domain error with a human detail.
+latents as JSON or .npy. Reading a body needs no model (`read_image_body`);
+making it the model's x does (`to_x`, with app/images.py and app/pixels.py).
+Every limit is enforced on the way, and every failure is a domain error with a
+human detail.
 """
 
 from __future__ import annotations
@@ -169,8 +171,9 @@ def _json_images(body: bytes, max_images: int) -> ImageBody:
 
 
 async def _parsed(body: bytes, parse: Callable[[bytes, int], T], limit: int) -> T:
-    """Parse a body on the event loop when small, else in a worker thread: orjson and
-    numpy take a second over 16 MB of JSON, which no other request should wait for."""
+    """Parse a body on the event loop when small, else in a worker thread, where checking
+    and converting the lists shares the GIL with the loop (orjson's parse itself holds it:
+    16 MB of JSON delays other requests for as long, which the README warns of)."""
     if len(body) <= _INLINE_BYTES:
         return parse(body, limit)
     return await asyncio.to_thread(parse, body, limit)

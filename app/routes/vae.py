@@ -51,15 +51,20 @@ _IMAGES_BODY: dict[str, Any] = {
         "required": True,
         "description": (
             "Images as multipart files in the field `images`, as JSON (base64 image files "
-            "or pixel arrays N×H×W / N×C×H×W of floats in [0, 1]), as a .npy body (uint8 "
-            "0-255 or float32 0-1), or as one raw image body."
+            "or pixel arrays N×H×W, N×C×H×W or N×H×W×C of floats in [0, 1]), as a .npy body "
+            "(uint8, uint16, bool or floats in [0, 1], the same layouts), or as one raw image "
+            "body. README.md, Input conversion, says what each becomes."
         ),
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        }
                     },
                     "required": ["images"],
                 }
