@@ -268,6 +268,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 @given(data=mutated())
 @settings(suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt files
 def test_truncated_and_mutated_real_images_are_a_4xx_or_their_documented_pixels(
     data: bytes,
 ) -> None:
