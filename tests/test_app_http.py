@@ -1,8 +1,9 @@
 """The service over real HTTP on 127.0.0.1: schemathesis on every operation of its
-OpenAPI document, and the HTTP layer's own refusals (app/protocol.py).
+OpenAPI document (the native API and the Open Inference Protocol's HTTP routes), and
+the HTTP layer's own refusals (app/protocol.py).
 
 Every answer must be documented, never a 5xx, and every 4xx must be JSON with a
-string `detail`. The search is small and deterministic (conftest.py's "ci" profile).
+string sentence. The search is small and deterministic (conftest.py's "ci" profile).
 """
 
 from __future__ import annotations
@@ -47,28 +48,41 @@ def api_schema(server: Server) -> Any:
     return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
 
 
+def _can_be_invalid(operation: dict[str, Any]) -> bool:
+    """Whether a request can break the operation's schema: a parameter constrained beyond
+    "a string", or a JSON object body. (The /v2 routes take any name and any body.)"""
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        if set(schema) - {"type", "title", "description"} or schema.get("type") != "string":
+            return True
+    content = operation.get("requestBody", {}).get("content", {}).values()
+    return any(media.get("schema", {}).get("type") == "object" for media in content)
+
+
 def operations() -> list[tuple[str, GenerationMode]]:
     """Every operation of the OpenAPI document, read from the app without serving it, with
-    valid requests and, where it takes parameters or a body, invalid ones."""
+    valid requests and, where a request can be invalid, invalid ones."""
     spec = create_app(Settings(model_store=Path("unused"))).openapi()
     found = []
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             found.append((f"{method.upper()} {path}", GenerationMode.POSITIVE))
-            if operation.get("parameters") or operation.get("requestBody"):
+            if _can_be_invalid(operation):
                 found.append((f"{method.upper()} {path}", GenerationMode.NEGATIVE))
     return found
 
 
 def error_shape(ctx: Any, response: Response, case: Case[Any]) -> bool | None:
-    """Every 4xx is JSON whose `detail` is a sentence (a non-empty string)."""
+    """Every 4xx is JSON whose `detail` is a sentence (a non-empty string); the Open
+    Inference Protocol's routes (/v2) say it in `error`, as that protocol does."""
     if 400 <= response.status_code < 500:
         content_type = response.headers.get("content-type", [""])[0]
         assert content_type.startswith("application/json"), (
             f"a {response.status_code} as {content_type}"
         )
-        detail = json.loads(response.content).get("detail")
-        assert isinstance(detail, str) and detail, f"detail is {detail!r}"
+        key = "error" if case.operation.path.startswith("/v2") else "detail"
+        sentence = json.loads(response.content).get(key)
+        assert isinstance(sentence, str) and sentence, f"{key} is {sentence!r}"
     return None
 
 
