@@ -28,6 +28,7 @@ class HttpProtocol(HttpToolsProtocol):
     """`vae-serve` runs uvicorn with this protocol (uvicorn.run(..., http=HttpProtocol))."""
 
     _head: int | None = 0  # bytes of the current request's head so far; None past it
+    _completed = 0  # requests parsed whole on this connection
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -37,10 +38,14 @@ class HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: read and drop
+        in_head, completed = self._head is not None, self._completed
         super().data_received(data)
-        if self._head is None or self._refused or self.transport.is_closing():
+        # Only bytes that all went to one unfinished head count: a chunk that ends a
+        # body (and a request with it) is body, however large, not the next head.
+        head, ended = self._head, self._completed != completed
+        if not in_head or ended or head is None or self._refused or self.transport.is_closing():
             return
-        self._head += len(data)
+        self._head = head + len(data)
         if self._head > MAX_HEAD_BYTES:
             self._refuse_head()
 
@@ -50,6 +55,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._completed += 1
         self._head = 0  # the next request on this connection starts its head
 
     def send_400_response(self, msg: str) -> None:

@@ -8,6 +8,7 @@ string sentence. The search is small and deterministic (conftest.py's "ci" profi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
@@ -21,10 +22,12 @@ from hypothesis import given, settings
 from schemathesis import Case, GenerationMode
 from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
 from app.config import Settings
 from app.main import create_app
-from app.protocol import MAX_HEAD_BYTES
+from app.protocol import MAX_HEAD_BYTES, HttpProtocol
 
 LIMITS = {
     "VAE_RELOAD_INTERVAL_S": "0",
@@ -155,3 +158,26 @@ def test_a_long_url_under_the_limit_reaches_the_app(server: Server) -> None:
         server, b"GET " + url + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert code == 422 and "query parameter seed" in json.loads(body)["detail"]
+
+
+async def test_a_chunk_that_ends_a_large_body_does_not_count_as_a_head() -> None:
+    """One read can hold the end of a request's body: those bytes are body, however many.
+    (They were once added to the next request's head, and a large upload whose last read
+    was over MAX_HEAD_BYTES was refused with 431 after it had been parsed whole.)
+
+    The real protocol on a real socket, fed the whole request as one read, since how the
+    kernel splits a stream between reads cannot be chosen from outside."""
+    config = Config(create_app(Settings(grpc_port=0)), http=HttpProtocol, lifespan="off")
+    config.load()
+    protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={})
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: protocol, ours)
+    body = b"x" * (3 * MAX_HEAD_BYTES)
+    head = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    protocol.data_received(head + body)
+    answer = await loop.sock_recv(theirs, 65536)
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]  # the app's answer, not a 431
+    protocol.transport.close()
+    theirs.close()
