@@ -15,6 +15,7 @@ from app.errors import Unprocessable
 from app.registry import ModelVersion
 from vae_contract import bounds, scores
 from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
+from vae_contract.scores import Statistics
 
 # Decode at most this many values (rows × D) per batcher submission, so /elbo
 # with large k holds a bounded slice of logits in memory at a time.
@@ -41,13 +42,17 @@ class Scores:
 @dataclass(frozen=True)
 class Assessment:
     """What /elbo says of each image for one anomaly score at one false-positive rate.
-    Thresholds and percentiles are None when the manifest does not calibrate the score."""
+    Thresholds and percentiles are None when the score's calibration does not hold here
+    (the manifest lacks it, or the PNG encoder does not reproduce it): `problem` says why."""
 
+    score: scores.Score
     bounds: Scores
+    statistics: Statistics  # what the scores are made of; the PNG code length and the
+    # pixel entropy only for the scores that use them
     anomaly_score: np.ndarray  # (N,), higher is more anomalous
-    complexity_bits: np.ndarray | None  # (N,), the PNG code length, for score=complexity
     threshold: float | None  # the anomaly score that normal images exceed with p = fpr
     percentile: np.ndarray | None  # (N,)
+    problem: str | None
 
     @property
     def is_anomaly(self) -> np.ndarray | None:
@@ -117,6 +122,15 @@ async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.n
     return pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)
 
 
+def choose_score(mv: ModelVersion, score: scores.Score | None) -> scores.Score:
+    """The score a request asked for, or the version's default (typicality where its
+    manifest holds the fitted detector, else elbo); 422 for a typicality it cannot compute."""
+    try:
+        return scores.choose(mv.manifest.calibration, score)
+    except scores.Unusable as exc:
+        raise Unprocessable(f"{mv.name} version {mv.version}: {exc}") from None
+
+
 def importance_samples(mv: ModelVersion, score: scores.Score, k: int | None, max_k: int) -> int:
     """The k a request asked for, or the one its score was calibrated at; within the limit."""
     k = scores.default_k(mv.manifest.calibration, score) if k is None else k
@@ -128,16 +142,23 @@ def importance_samples(mv: ModelVersion, score: scores.Score, k: int | None, max
 async def assess(
     mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None, score: scores.Score, fpr: float
 ) -> Assessment:
-    """x (N, C, H, W) -> its bounds, anomaly scores, and where they sit in the calibration."""
-    calibration = mv.manifest.calibration
+    """x (N, C, H, W) -> its bounds, anomaly scores, and where they sit in the calibration.
+    `score` as choose_score resolved it."""
+    manifest = mv.manifest
+    calibration = manifest.calibration
     found = await elbo(mv, x, k=k, seed=seed)
-    # PNG compression is blocking CPU work: off the event loop.
-    bits = await asyncio.to_thread(scores.png_bits, x) if score == "complexity" else None
-    anomaly = scores.anomaly(found.elbo, bits)
+    bits, entropy = None, None
+    if score in ("complexity", "typicality"):  # the PNG encoder blocks: off the event loop
+        bits, entropy = await asyncio.to_thread(scores.image_statistics, x, score)
+    statistics = Statistics(found.elbo, found.kl, bits, entropy)
+    anomaly = scores.anomaly(score, statistics, calibration)
+    problem = scores.calibration_problem(calibration, score, manifest.input.shape)
     return Assessment(
+        score=score,
         bounds=found,
+        statistics=statistics,
         anomaly_score=anomaly,
-        complexity_bits=bits,
-        threshold=scores.threshold(calibration, score, fpr),
-        percentile=scores.percentile(calibration, score, anomaly),
+        threshold=None if problem else scores.threshold(calibration, score, fpr),
+        percentile=None if problem else scores.percentile(calibration, score, anomaly),
+        problem=problem,
     )

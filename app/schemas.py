@@ -97,11 +97,18 @@ class ElboResult(BaseModel):
     kl: float = Field(description="KL(q(z|x) || p(z)), closed form, nats.")
     bits_per_dim: float = Field(description="-elbo / (D ln 2).")
     anomaly_score: float = Field(
-        description="Higher is more anomalous. elbo and iwae: -elbo; "
-        "complexity: -elbo - ln 2 · complexity_bits."
+        description="Higher is more anomalous. typicality: the squared Mahalanobis distance "
+        "of (elbo, kl, complexity_bits, pixel_entropy) from the calibration's Gaussian; "
+        "elbo and iwae: -elbo; complexity: -elbo - ln 2 · complexity_bits."
     )
     complexity_bits: float | None = Field(
-        None, description="L(x), the PNG code length of the image in bits (score=complexity)."
+        None,
+        description="L(x), the PNG code length of the image in bits "
+        "(score=complexity or typicality).",
+    )
+    pixel_entropy: float | None = Field(
+        None,
+        description="Σ H(x_i), the binary entropy of the pixel values in nats (score=typicality).",
     )
     percentile: float | None = Field(
         description="Percentage of held-out normal images that score at least as anomalous, "
@@ -120,19 +127,21 @@ class ElboResponse(BaseModel):
             "version": 1,
             "k": 1,
             "seed": 0,
-            "score": "elbo",
+            "score": "typicality",
             "fpr": 0.01,
-            "threshold": -160.2,
-            "anomaly_threshold": 160.2,
+            "threshold": None,
+            "anomaly_threshold": 19.8,
+            "calibration_problem": None,
             "results": [
                 {
                     "elbo": -92.4,
                     "reconstruction": -67.1,
                     "kl": 25.3,
                     "bits_per_dim": 0.17,
-                    "anomaly_score": 92.4,
-                    "complexity_bits": None,
-                    "percentile": 48.7,
+                    "anomaly_score": 2.9,
+                    "complexity_bits": 2232.0,
+                    "pixel_entropy": 46.1,
+                    "percentile": 58.2,
                     "is_anomaly": False,
                 }
             ],
@@ -142,7 +151,7 @@ class ElboResponse(BaseModel):
     version: int
     k: int
     seed: int
-    score: str = Field(description="elbo, iwae or complexity.")
+    score: str = Field(description="typicality, elbo, iwae or complexity: the one used.")
     fpr: float
     threshold: float | None = Field(
         description="score=elbo only: the ELBO quantile of held-out normal images at level "
@@ -150,9 +159,21 @@ class ElboResponse(BaseModel):
     )
     anomaly_threshold: float | None = Field(
         description="The anomaly score that held-out normal images exceed with probability "
-        "fpr; null when the manifest does not calibrate the score."
+        "fpr; null when the score's calibration does not hold (see calibration_problem)."
+    )
+    calibration_problem: str | None = Field(
+        None,
+        description="Why anomaly_threshold, percentile and is_anomaly are null: the manifest "
+        "does not calibrate the score, or this service cannot reproduce what the "
+        "calibration depends on (the PNG compressor); null when the calibration holds.",
     )
     results: list[ElboResult] = Field(description="One per image, in request order.")
+
+
+class ScoreCalibrationInfo(BaseModel):
+    k: int = Field(description="The k the score is computed at by default.")
+    calibrated: bool = Field(description="Whether /elbo gives thresholds and percentiles.")
+    problem: str | None = Field(description="Why not, when not.")
 
 
 class VersionInfo(BaseModel):
@@ -163,6 +184,10 @@ class VersionInfo(BaseModel):
     input: dict[str, int]
     latent_dim: int
     likelihood: str
+    default_score: str = Field(description="The score /elbo uses when none is asked for.")
+    scores: dict[str, ScoreCalibrationInfo] = Field(
+        description="Each anomaly score, and whether its calibration holds on this service."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -188,6 +213,13 @@ class ModelsResponse(BaseModel):
                             "input": {"channels": 1, "height": 28, "width": 28},
                             "latent_dim": 50,
                             "likelihood": "bernoulli",
+                            "default_score": "typicality",
+                            "scores": {
+                                "typicality": {"k": 1, "calibrated": True, "problem": None},
+                                "elbo": {"k": 1, "calibrated": True, "problem": None},
+                                "iwae": {"k": 64, "calibrated": True, "problem": None},
+                                "complexity": {"k": 1, "calibrated": True, "problem": None},
+                            },
                         }
                     ],
                 }

@@ -235,7 +235,8 @@ def test_elbo_equals_an_independent_computation_from_the_onnx_files(
     client: TestClient, ref: Reference, mnist: np.ndarray, k: int, seed: int
 ) -> None:
     images = mnist[:6]
-    response = client.post(f"/elbo?k={k}&seed={seed}", content=npy(images), headers=NPY)
+    query = f"k={k}&seed={seed}&score=elbo"
+    response = client.post(f"/elbo?{query}", content=npy(images), headers=NPY)
     rows = results(response)
     want = ref.elbo(ref.x(images), k=k, seed=seed)
     for key in ("elbo", "reconstruction", "kl"):
@@ -256,7 +257,7 @@ def test_elbo_threshold_comes_from_the_manifest_calibration(
     noise = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
     images = np.concatenate([mnist[:2], noise])
     for fpr in (0.01, 0.2):
-        response = client.post(f"/elbo?fpr={fpr}", content=npy(images), headers=NPY)
+        response = client.post(f"/elbo?fpr={fpr}&score=elbo", content=npy(images), headers=NPY)
         threshold = response.json()["threshold"]
         assert threshold == pytest.approx(
             np.interp(fpr, calibration["levels"], calibration["elbo_quantiles"])
@@ -392,7 +393,8 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> N
     assert "image/png" in paths["/sample"]["get"]["responses"]["200"]["content"]
     assert "image/png" in paths["/elbo/map"]["post"]["responses"]["200"]["content"]
     elbo = {p["name"]: p for p in paths["/elbo"]["post"]["parameters"]}
-    assert elbo["score"]["schema"]["enum"] == ["elbo", "iwae", "complexity"]
+    (choices,) = [s for s in elbo["score"]["schema"]["anyOf"] if "enum" in s]
+    assert choices["enum"] == ["typicality", "elbo", "iwae", "complexity"]
 
 
 # -- bad input: a clear 4xx with a detail, never a 500 -------------------------------------

@@ -22,8 +22,8 @@ from typing import Any
 
 from trainer import data as datasets
 from trainer.evaluate import Graphs
-from trainer.scores import anomaly_scores
-from vae_contract.scores import IW_K, calibrate
+from trainer.scores import calibration
+from vae_contract.scores import IW_K
 
 
 def recalibrate(
@@ -33,8 +33,7 @@ def recalibrate(
     manifest = json.loads((version_dir / "manifest.json").read_text())
     _, validation, _ = datasets.as_trained(data, manifest["training"])
     graphs = Graphs(version_dir, threads)
-    scores = anomaly_scores(graphs, manifest["likelihood"], validation, k=k)
-    return calibrate(scores, k)
+    return calibration(graphs, manifest["likelihood"], validation, k)
 
 
 def rewrite(version_dir: Path, calibration: dict[str, Any]) -> None:
@@ -63,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.k < 1:
         parser.error("--k must be at least 1")
     try:
-        calibration = recalibrate(args.version_dir, args.data, args.k, args.threads)
-        rewrite(args.version_dir, calibration)
+        result = recalibrate(args.version_dir, args.data, args.k, args.threads)
+        rewrite(args.version_dir, result)
     except (OSError, KeyError, json.JSONDecodeError, datasets.DataError) as e:
         print(f"vae-calibrate: error: {e}", file=sys.stderr)
         return 1
-    summary = {"elbo_median": calibration["elbo_quantiles"][calibration["levels"].index(0.5)]}
-    for name, entry in calibration.get("scores", {}).items():
-        summary[f"{name}_median"] = entry["quantiles"][calibration["levels"].index(0.5)]
-    print(json.dumps({"calibrated": str(args.version_dir), "n": calibration["n"], **summary}))
+    median = result["levels"].index(0.5)
+    summary = {"elbo_median": result["elbo_quantiles"][median]}
+    for name, entry in result.get("scores", {}).items():
+        summary[f"{name}_median"] = entry["quantiles"][median]
+    print(json.dumps({"calibrated": str(args.version_dir), "n": result["n"], **summary}))
     return 0
 
 

@@ -31,9 +31,8 @@ from trainer.likelihood import Likelihood, mean
 from trainer.loader import Batches, decoded_bytes, default_workers, to_x
 from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
-from trainer.scores import anomaly_scores
+from trainer.scores import calibration
 from vae_contract.manifest import FORMAT_VERSION, MODEL_NAME, Manifest
-from vae_contract.scores import calibrate
 
 LOG_EVERY = 50  # steps between progress-bar loss updates (each costs a device sync)
 
@@ -294,7 +293,6 @@ def publish(
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
-        held_out = anomaly_scores(graphs, likelihood, validation)
         shape = Shape(*train.shape[1:])
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -335,7 +333,7 @@ def publish(
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
-            "calibration": calibrate(held_out),
+            "calibration": calibration(graphs, likelihood, validation),
         }
         Manifest.model_validate(manifest)  # never publish what the service would refuse
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

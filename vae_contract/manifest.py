@@ -9,6 +9,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 # The store's folder names; also what a `model` query may be.
@@ -62,11 +63,57 @@ class Graphs(_Strict):
     decoder: GraphSpec
 
 
+class Compressor(_Strict):
+    """What made the PNG code lengths a score was calibrated with (docs/manifest.md)."""
+
+    format: Literal["png"]
+    library: str  # e.g. "Pillow 12.0.0": for people; `probe` is what the service checks
+    zlib: str
+    compress_level: int = Field(ge=0, le=9)
+    probe: list[float] | None = None  # bits of the probe images (scores.probe_images)
+
+
+class Gaussian(_Strict):
+    """The typicality score's detector: a Gaussian over per-image statistics, fitted on
+    held-out normal images (their sample mean and covariance)."""
+
+    statistics: list[str]  # names of the statistics, in the order of mean and covariance
+    images: str  # which held-out images it was fitted on, e.g. "validation[0::2]"
+    n: PositiveInt
+    mean: list[float]
+    covariance: list[list[float]]
+
+    @model_validator(mode="after")
+    def _positive_definite(self) -> Self:
+        d = len(self.statistics)
+        if d == 0 or len(set(self.statistics)) != d:
+            raise ValueError("statistics must be distinct and at least one")
+        if len(self.mean) != d or len(self.covariance) != d:
+            raise ValueError("mean and covariance need one entry per statistic")
+        if any(len(row) != d for row in self.covariance):
+            raise ValueError("covariance must be square")
+        mean, cov = np.array(self.mean), np.array(self.covariance)
+        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+            raise ValueError("mean and covariance must be finite")
+        if not np.allclose(cov, cov.T, rtol=1e-9, atol=0.0):
+            raise ValueError("covariance must be symmetric")
+        try:
+            np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            raise ValueError("covariance must be positive definite") from None
+        return self
+
+
 class ScoreCalibration(_Strict):
     """Quantiles of one anomaly score (higher is more anomalous) at the calibration's levels."""
 
     k: PositiveInt  # importance samples the score was measured with
     quantiles: list[float]
+    # Held-out images the quantiles come from, when not all of the calibration's.
+    images: str | None = None
+    n: PositiveInt | None = None
+    compressor: Compressor | None = None  # scores that use the PNG code length
+    gaussian: Gaussian | None = None  # the typicality score's fitted detector
 
 
 class Calibration(_Strict):

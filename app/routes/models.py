@@ -11,9 +11,25 @@ from app.errors import NotFound
 from app.registry import ModelVersion
 from app.routes import SummaryRoute
 from app.schemas import ErrorDetail, ModelDetail, ModelsResponse
+from vae_contract import scores
 from vae_contract.manifest import MODEL_NAME
 
 router = APIRouter(tags=["models"], route_class=SummaryRoute)
+
+
+def _score_info(mv: ModelVersion) -> dict[str, dict[str, Any]]:
+    """Each anomaly score: its default k, and whether its calibration holds here."""
+    calibration, shape = mv.manifest.calibration, mv.manifest.input.shape
+    info: dict[str, dict[str, Any]] = {}
+    for score in scores.SCORES:
+        try:
+            scores.choose(calibration, score)
+            problem = scores.calibration_problem(calibration, score, shape)
+        except scores.Unusable as exc:
+            problem = str(exc)
+        k = scores.default_k(calibration, score)
+        info[score] = {"k": k, "calibrated": problem is None, "problem": problem}
+    return info
 
 
 def _version_info(mv: ModelVersion) -> dict[str, Any]:
@@ -26,6 +42,8 @@ def _version_info(mv: ModelVersion) -> dict[str, Any]:
         "input": manifest.input.model_dump(),
         "latent_dim": manifest.latent_dim,
         "likelihood": manifest.likelihood,
+        "default_score": scores.choose(manifest.calibration, None),
+        "scores": _score_info(mv),
     }
 
 

@@ -237,7 +237,7 @@ async def elbo(
         Query(
             ge=1,
             description="Importance samples; k > 1 gives the IWAE bound. Default: the k the "
-            "score was calibrated at (elbo and complexity: 1; iwae: the manifest's, e.g. 64).",
+            "score was calibrated at (iwae: the manifest's, e.g. 64; the others: 1).",
         ),
     ] = None,
     seed: Annotated[
@@ -253,22 +253,26 @@ async def elbo(
         ),
     ] = 0.01,
     score: Annotated[
-        Score,
+        Score | None,
         Query(
-            description="The anomaly score: elbo (-ELBO), iwae (minus the importance-weighted "
-            "bound) or complexity (-ELBO minus the PNG code length in nats; robust to simple "
-            "images a likelihood rates too highly). See docs/manifest.md."
+            description="The anomaly score: typicality (how far the image's ELBO, KL, PNG "
+            "code length and pixel entropy lie from normal images'; the default), elbo "
+            "(-ELBO), iwae (minus the importance-weighted bound) or complexity (-ELBO minus "
+            "the PNG code length in nats). Versions calibrated before typicality existed "
+            "default to elbo. See docs/manifest.md."
         ),
-    ] = "elbo",
+    ] = None,
     resize: Resize = False,
 ) -> Response:
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
     settings = settings_of(request)
     with leased(request, model, version) as mv:
-        k = inference.importance_samples(mv, score, k, settings.max_k)
+        chosen = inference.choose_score(mv, score)
+        k = inference.importance_samples(mv, chosen, k, settings.max_k)
         x = await read_images(request, mv.manifest, settings, resize=resize)
-        found = await inference.assess(mv, x, k=k, seed=seed, score=score, fpr=fpr)
-        bounds, bits, percentiles = found.bounds, found.complexity_bits, found.percentile
+        found = await inference.assess(mv, x, k=k, seed=seed, score=chosen, fpr=fpr)
+        bounds, percentiles = found.bounds, found.percentile
+        bits, entropy = found.statistics.complexity_bits, found.statistics.pixel_entropy
         flags, limit = found.is_anomaly, found.threshold
         results = []
         for i, bound in enumerate(bounds.elbo.tolist()):
@@ -280,6 +284,7 @@ async def elbo(
                     "bits_per_dim": float(bounds.bits_per_dim[i]),
                     "anomaly_score": float(found.anomaly_score[i]),
                     "complexity_bits": None if bits is None else float(bits[i]),
+                    "pixel_entropy": None if entropy is None else float(entropy[i]),
                     "percentile": None if percentiles is None else float(percentiles[i]),
                     "is_anomaly": None if flags is None else bool(flags[i]),
                 }
@@ -290,11 +295,12 @@ async def elbo(
                 "version": mv.version,
                 "k": k,
                 "seed": seed,
-                "score": score,
+                "score": chosen,
                 "fpr": fpr,
                 # The ELBO threshold of score=elbo, as before scores had calibrations of their own.
-                "threshold": None if limit is None or score != "elbo" else -limit,
+                "threshold": None if limit is None or chosen != "elbo" else -limit,
                 "anomaly_threshold": limit,
+                "calibration_problem": found.problem,
                 "results": results,
             }
         )
