@@ -31,7 +31,7 @@ from trainer.scores import anomaly_scores
 from trainer.shifts import FAMILIES, shift
 from trainer.train import main as train
 from vae_contract.manifest import Manifest
-from vae_contract.scores import IW_K, SCORES, Score
+from vae_contract.scores import IW_K, SCORES, Score, threshold
 
 # One-class models: small, so ten of them train in minutes on two cores.
 ONE_CLASS_MODEL = [
@@ -97,10 +97,15 @@ def _save(fig: Any, path: Path, title: str) -> None:
 
 
 def plot_shifts(
-    path: Path, title: str, rows: list[dict[str, Any]], panels: dict[str, Pairs]
+    path: Path,
+    title: str,
+    rows: list[dict[str, Any]],
+    panels: dict[str, Pairs],
+    threshold: float | None = None,
 ) -> None:
     """The AUROC of every score on every out-of-distribution set (a heat map, the goal
-    marked), and the typicality score's histograms for the data sets and noise."""
+    marked), and the typicality score's histograms for the data sets and noise, with
+    its calibrated `threshold` (fpr 1%) if given."""
     plt = _pyplot()
     outs = list(dict.fromkeys(r["out"] for r in rows))
     names = list(dict.fromkeys(r["score"] for r in rows))
@@ -119,9 +124,15 @@ def plot_shifts(
     shown = [p for p in pairs if p[0] in _data_sets(rows) or "noise" in p[0]]
     every = np.log10(1 + np.concatenate([pairs[0][1], *(b for _, _, b in shown)]).clip(0))
     bins = np.linspace(float(every.min()), float(every.max()), 80)
-    hist.hist(np.log10(1 + pairs[0][1].clip(0)), bins=bins, alpha=0.6, label="in (normal)")
+    hist.hist(
+        np.log10(1 + pairs[0][1].clip(0)), bins=bins, alpha=0.6, label="in (normal)", density=True
+    )
     for label, _, anomalous in shown:
-        hist.hist(np.log10(1 + anomalous.clip(0)), bins=bins, alpha=0.5, label=label)
+        hist.hist(np.log10(1 + anomalous.clip(0)), bins=bins, alpha=0.5, label=label, density=True)
+    if threshold is not None:
+        hist.axvline(
+            np.log10(1 + threshold), color="black", lw=1, ls="--", label="threshold, fpr 1%"
+        )
     hist.set(xlabel="log10(1 + anomaly score)", title="typicality: normal vs data sets and noise")
     hist.legend(fontsize=7)
     _save(fig, path, title)
@@ -206,7 +217,8 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name in scorer.names:
             panels[name].append((label, normal[name], anomalous[name]))
     if args.plot:
-        plot_shifts(args.plot, f"{model}: {Path(args.in_data).name} (in)", rows, panels)
+        limit = threshold(scorer.manifest.calibration, "typicality", 0.01)
+        plot_shifts(args.plot, f"{model}: {Path(args.in_data).name} (in)", rows, panels, limit)
     return rows
 
 

@@ -32,6 +32,12 @@ def _score_info(mv: ModelVersion) -> dict[str, dict[str, Any]]:
     return info
 
 
+def _as_loaded(mv: ModelVersion) -> dict[str, Any]:
+    """The manifest as its file has it: optional fields it leaves out stay out."""
+    manifest: dict[str, Any] = mv.manifest.model_dump(mode="json", exclude_unset=True)
+    return manifest
+
+
 def _version_info(mv: ModelVersion) -> dict[str, Any]:
     manifest = mv.manifest
     return {
@@ -79,9 +85,6 @@ async def get_model(
     return {
         "name": name,
         "latest_version": max(versions),
-        "versions": [
-            {**_version_info(mv), "manifest": mv.manifest.model_dump(mode="json")}
-            for mv in versions.values()
-        ],
+        "versions": [{**_version_info(mv), "manifest": _as_loaded(mv)} for mv in versions.values()],
         "refused": [{"version": version, "reason": reason} for version, reason in refused.items()],
     }
