@@ -393,8 +393,8 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> N
     assert "image/png" in paths["/sample"]["get"]["responses"]["200"]["content"]
     assert "image/png" in paths["/elbo/map"]["post"]["responses"]["200"]["content"]
     elbo = {p["name"]: p for p in paths["/elbo"]["post"]["parameters"]}
-    (choices,) = [s for s in elbo["score"]["schema"]["anyOf"] if "enum" in s]
-    assert choices["enum"] == ["typicality", "elbo", "iwae", "complexity"]
+    assert elbo["score"]["schema"]["enum"] == ["typicality", "elbo", "iwae", "complexity"]
+    assert elbo["score"]["schema"]["default"] == "typicality"
 
 
 # -- bad input: a clear 4xx with a detail, never a 500 -------------------------------------

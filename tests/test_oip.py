@@ -285,7 +285,7 @@ def test_elbo_gives_the_native_apis_numbers(
         np.testing.assert_allclose(result.as_numpy(name), reference[name], rtol=1e-6, err_msg=name)
     values = parameters_of(result, transport)
     assert values["k"] == 4 and values["seed"] == 2 and values["fpr"] == 0.2
-    assert values["score"] == "elbo"
+    assert values["score"] == native["score"] == "typicality"  # the native default
     assert values["anomaly_threshold"] == pytest.approx(native["anomaly_threshold"])
 
 
@@ -294,7 +294,7 @@ def test_elbo_takes_the_native_scores_and_defaults(
     served: Served, digits: np.ndarray, transport: str
 ) -> None:
     tc = client(served, transport)
-    for score in ("iwae", "complexity"):
+    for score in ("elbo", "iwae", "complexity"):
         result = tc.infer(
             "mnist-elbo", [tensor(transport, "x", digits[:2])], parameters={"score": score}
         )
@@ -371,7 +371,8 @@ BAD_REQUESTS = [
     ("mnist-elbo", "x", np.zeros((1, 1, 28, 28), np.uint8), {"k": 1000}, None, 422,
      "INVALID_ARGUMENT", "k=1000 is above the limit of 128"),
     ("mnist-elbo", "x", np.zeros((1, 1, 28, 28), np.uint8), {"score": "psnr"}, None, 422,
-     "INVALID_ARGUMENT", "parameter 'score': Input should be 'elbo', 'iwae' or 'complexity'"),
+     "INVALID_ARGUMENT",
+     "parameter 'score': Input should be 'typicality', 'elbo', 'iwae' or 'complexity'"),
     ("mnist-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, ["z"], 422,
      "INVALID_ARGUMENT", "output 'z' is drawn only with the parameter sample=true"),
     ("mnist-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, ["pixels"], 400,

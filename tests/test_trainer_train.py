@@ -17,6 +17,7 @@ from trainer import data, evaluate, store
 from trainer.model import VAE, Shape
 from trainer.scores import anomaly_scores
 from trainer.train import main as train_main
+from vae_contract.manifest import Calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -147,8 +148,9 @@ def test_calibration_is_the_serving_elbo_of_held_out_images(trained: dict[str, A
     graphs = evaluate.Graphs(trained["dir"])
     dataset = data.load(MNIST)
     _, validation, _ = data.splits(dataset, 5000, 0.1, seed=0)
-    scores = anomaly_scores(graphs, "bernoulli", validation)
     calibration = trained["manifest"]["calibration"]
+    fitted = Calibration.model_validate(calibration)
+    scores = anomaly_scores(graphs, "bernoulli", validation, calibration=fitted)
     median = calibration["levels"].index(0.5)
     assert float(np.median(-scores["elbo"])) == pytest.approx(
         calibration["elbo_quantiles"][median], abs=1e-3
@@ -156,6 +158,9 @@ def test_calibration_is_the_serving_elbo_of_held_out_images(trained: dict[str, A
     for name in ("iwae", "complexity"):
         recorded = calibration["scores"][name]["quantiles"][median]
         assert float(np.median(scores[name])) == pytest.approx(recorded, abs=1e-3)
+    # typicality's detector is fitted on the even images, its quantiles are of the odd ones.
+    recorded = calibration["scores"]["typicality"]["quantiles"][median]
+    assert float(np.median(scores["typicality"][1::2])) == pytest.approx(recorded, abs=1e-3)
 
 
 @pytest.mark.slow

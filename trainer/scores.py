@@ -21,8 +21,7 @@ from vae_contract.scores import (
     Statistics,
     anomaly,
     calibrate,
-    pixel_entropy,
-    png_bits,
+    image_statistics,
 )
 
 
@@ -54,12 +53,17 @@ def bound(
 
 
 def statistics(
-    graphs: Graphs, likelihood: Likelihood, images: np.ndarray, seed: int = 0
+    graphs: Graphs,
+    likelihood: Likelihood,
+    images: np.ndarray,
+    seed: int = 0,
+    score: Score = "typicality",
 ) -> Statistics:
-    """uint8 images (N, C, H, W) -> their statistics at k = 1, as /elbo computes them."""
+    """uint8 images (N, C, H, W) -> their statistics at k = 1, as /elbo computes them for
+    `score` (typicality: all of them)."""
     x = np.asarray(images, np.float32) / np.float32(255)  # unbinarised, as served
     elbo, kl = bound(graphs, likelihood, x, 1, seed)
-    return Statistics(elbo, kl, png_bits(x), pixel_entropy(x))
+    return Statistics(elbo, kl, *image_statistics(x, score))
 
 
 def anomaly_scores(
@@ -75,7 +79,8 @@ def anomaly_scores(
     needs the calibration that holds its detector."""
     scores: dict[str, np.ndarray] = {}
     if set(names) - {"iwae"}:
-        stats = statistics(graphs, likelihood, images, seed)
+        widest: Score = next((s for s in ("typicality", "complexity") if s in names), "elbo")
+        stats = statistics(graphs, likelihood, images, seed, widest)
         for name in names:
             if name != "iwae":
                 scores[name] = anomaly(name, stats, calibration)

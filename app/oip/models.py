@@ -206,7 +206,7 @@ class EncoderParameters(_Parameters):
 class ElboParameters(_Parameters):
     k: Annotated[int, Field(ge=1)] | None = None
     seed: Seed = 0
-    score: Score = "elbo"
+    score: Score | None = None  # the version's default: typicality, or elbo before it
     fpr: Annotated[float, Field(ge=0, le=1)] = 0.01
     resize: bool = False
 
@@ -279,10 +279,12 @@ def _pick(
 
 _ABSENT = {
     ("encoder", "z"): "output 'z' is drawn only with the parameter sample=true",
-    ("elbo", "percentile"): "this model version has no calibration for the score asked for, "
-    "so no percentile (send another score, or calibrate it with vae-calibrate)",
-    ("elbo", "is_anomaly"): "this model version has no calibration for the score asked for, "
-    "so no is_anomaly (send another score, or calibrate it with vae-calibrate)",
+    ("elbo", "percentile"): "this model version has no calibration of the score asked for "
+    "that holds here (GET /models says why), so no percentile (send another score, or "
+    "calibrate it with vae-calibrate)",
+    ("elbo", "is_anomaly"): "this model version has no calibration of the score asked for "
+    "that holds here (GET /models says why), so no is_anomaly (send another score, or "
+    "calibrate it with vae-calibrate)",
 }
 
 
@@ -327,11 +329,12 @@ async def _elbo(
 ) -> tuple[Outputs, dict[str, Value]]:
     mv = target.mv
     parameters = read_parameters(ElboParameters, target, given)
-    k = inference.importance_samples(mv, parameters.score, parameters.k, settings.max_k)
+    score = inference.choose_score(mv, parameters.score)
+    k = inference.importance_samples(mv, score, parameters.k, settings.max_k)
     x = read_inputs(target, tensors)["x"]
     x = await pixels_to_x(x, mv.manifest, settings, resize=parameters.resize)
     found = await inference.assess(
-        mv, x, k=k, seed=parameters.seed, score=parameters.score, fpr=parameters.fpr
+        mv, x, k=k, seed=parameters.seed, score=score, fpr=parameters.fpr
     )
     bounds = found.bounds
     per_image = {
@@ -350,9 +353,11 @@ async def _elbo(
     answered: dict[str, Value] = {
         "k": k,
         "seed": parameters.seed,
-        "score": parameters.score,
+        "score": score,
         "fpr": parameters.fpr,
     }
     if found.threshold is not None:
         answered["anomaly_threshold"] = found.threshold
+    if found.problem is not None:
+        answered["calibration_problem"] = found.problem
     return outputs, answered

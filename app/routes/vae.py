@@ -253,21 +253,22 @@ async def elbo(
         ),
     ] = 0.01,
     score: Annotated[
-        Score | None,
+        Score,
         Query(
             description="The anomaly score: typicality (how far the image's ELBO, KL, PNG "
-            "code length and pixel entropy lie from normal images'; the default), elbo "
-            "(-ELBO), iwae (minus the importance-weighted bound) or complexity (-ELBO minus "
-            "the PNG code length in nats). Versions calibrated before typicality existed "
-            "default to elbo. See docs/manifest.md."
+            "code length and pixel entropy lie from normal images'), elbo (-ELBO), iwae "
+            "(minus the importance-weighted bound) or complexity (-ELBO minus the PNG code "
+            "length in nats). Without it, versions calibrated before typicality existed "
+            "are scored with elbo. See docs/manifest.md."
         ),
-    ] = None,
+    ] = "typicality",
     resize: Resize = False,
 ) -> Response:
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
     settings = settings_of(request)
     with leased(request, model, version) as mv:
-        chosen = inference.choose_score(mv, score)
+        # Unasked, the version's default: elbo for versions without typicality's detector.
+        chosen = inference.choose_score(mv, score if "score" in request.query_params else None)
         k = inference.importance_samples(mv, chosen, k, settings.max_k)
         x = await read_images(request, mv.manifest, settings, resize=resize)
         found = await inference.assess(mv, x, k=k, seed=seed, score=chosen, fpr=fpr)
