@@ -196,6 +196,8 @@ def test_encode_and_elbo_equal_the_onnx_files_run_directly(
     for key in ("elbo", "reconstruction", "kl"):
         got = [r[key] for r in scored["results"]]
         np.testing.assert_allclose(got, want[key], rtol=1e-5, err_msg=key)
+    # The image's PNG encoder reproduces the bundled calibration (the probe code lengths).
+    assert (scored["score"], scored["calibration_problem"]) == ("typicality", None)
 
 
 def test_the_open_inference_protocol_answers_over_http_and_grpc(
