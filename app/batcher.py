@@ -1,16 +1,31 @@
-"""A dynamic batcher: concurrent requests share one ONNX Runtime call.
+"""A dynamic batcher: concurrent requests share ONNX Runtime calls, in fair turns.
 
 Like Triton's dynamic batcher it has two knobs, `max_batch_size` and
-`max_delay`: the first waiting request opens a batch, which is run as soon as
-it holds `max_batch_size` rows or the first request has waited `max_delay`.
+`max_delay`: the first waiting job opens a batch, which is run as soon as the
+queue holds `max_batch_size` rows or the first job has waited `max_delay`.
 With `max_delay` 0 (Triton's default too) a batch is whatever queued while the
-previous call ran. The model call runs in a worker thread, off the event loop,
-and its outputs are split back so every request gets exactly its own rows, in
-order.
+previous call ran. The model call runs on an executor thread, off the event
+loop, and its outputs are split back so every job gets exactly its own rows,
+in order.
+
+Each `submit` is one job. A call is filled in turns, not first come first
+served: every waiting job gets an equal share of the call's rows (what a small
+job does not need goes to the others), and a job with rows left goes to the
+back of the line. So a large job is spread over many calls and cannot hold up
+small ones: while fewer than `max_batch_size` jobs wait, a one-row job runs in
+the next call whatever else is queued. (Deficit round robin, the rule network
+schedulers use to share a link between flows.)
+
+The batcher admits whatever it is given; how much work may wait is the
+caller's decision (`ModelVersion.admit`, in rows). A caller bounds its own wait
+with `asyncio.timeout`: a job whose caller stopped waiting (a deadline, a client
+that left) is dropped with the rows it had not yet run.
 
 Requests are validated before they get here, so a batch only fails when the
-runtime does. The queue is bounded in rows: `submit` either queues all of a
-request or none of it.
+runtime does, and only its jobs fail. If the serving task itself dies (a bug,
+an exception in `on_batch`), the error is logged, every waiting job fails at
+once with `BatcherFailed`, `failure` says why, and the next `submit` starts a
+new task.
 """
 
 from __future__ import annotations
@@ -21,7 +36,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,14 +45,19 @@ log = logging.getLogger(__name__)
 
 # One ONNX call: a batch of rows in, one array per graph output out, each (rows, ...).
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+Outputs = list[np.ndarray]
 
 
 class QueueFull(Exception):
-    """The batcher holds `max_queue` rows already; nothing of the request was queued."""
+    """Admitting the request would exceed the work allowed to wait; nothing of it ran."""
 
 
 class BatcherClosed(Exception):
     """The batcher is stopping (shutdown or a retired model version)."""
+
+
+class BatcherFailed(Exception):
+    """The batcher's serving task died; the message says why. The next submit restarts it."""
 
 
 @dataclass(frozen=True)
@@ -44,15 +65,30 @@ class BatchStats:
     """What the batcher reports after each call, for metrics."""
 
     size: int  # rows in the call
-    queue_wait_s: list[float]  # per merged chunk, from submit to the call
+    queue_wait_s: list[float]  # per job that started in this call, from submit to the call
     run_s: float
 
 
-@dataclass
-class _Chunk:
-    x: np.ndarray  # (n, ...) with n <= max_batch_size
-    future: asyncio.Future[list[np.ndarray]]
+@dataclass(eq=False)  # jobs are told apart by identity
+class _Job:
+    x: np.ndarray  # (n, ...)
+    future: asyncio.Future[Outputs]
     enqueued: float
+    taken: int = 0  # rows handed to calls so far
+    parts: list[Outputs] = field(default_factory=list)  # outputs of the calls so far, in order
+    done: int = 0  # rows whose outputs came back
+
+    def finish(self, outputs: Outputs, rows: int) -> None:
+        """Record `rows` more rows of outputs; answer the caller once all are back."""
+        if self.future.done():  # the caller stopped waiting
+            return
+        self.done += rows
+        if self.done == len(self.x) and not self.parts:  # the whole job in one call
+            self.future.set_result(outputs)
+            return
+        self.parts.append(outputs)
+        if self.done == len(self.x):
+            self.future.set_result([np.concatenate(p) for p in zip(*self.parts, strict=True)])
 
 
 class Batcher:
@@ -64,25 +100,27 @@ class Batcher:
         *,
         max_batch_size: int,
         max_delay_s: float,
-        max_queue: int,
         name: str = "batcher",
         on_batch: Callable[[BatchStats], None] | None = None,
+        executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch_size < 1 or max_queue < max_batch_size or max_delay_s < 0:
-            raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size, delay >= 0")
+        if max_batch_size < 1 or max_delay_s < 0:
+            raise ValueError("need max_batch_size >= 1 and max_delay_s >= 0")
         self._run_batch = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self.max_queue = max_queue
         self.name = name
         self._on_batch = on_batch
+        self._executor = executor  # None: the event loop's default executor
         self._clock = clock
-        self._queue: deque[_Chunk] = deque()
+        self._jobs: deque[_Job] = deque()  # jobs with rows not yet run, in turn order
+        self._in_call: list[_Job] = []  # jobs with rows in the call in progress
         self._queued_rows = 0
         self._arrived = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self.failure: str | None = None  # why the serving task died, until it restarts
 
     @property
     def queued_rows(self) -> int:
@@ -90,45 +128,43 @@ class Batcher:
         return self._queued_rows
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._serve(), name=f"batcher:{self.name}")
+        """Start the serving task (again, after it died)."""
+        if self._closed or (self._task is not None and not self._task.done()):
+            return
+        self.failure = None
+        self._task = asyncio.create_task(self._serve(), name=f"batcher:{self.name}")
+        self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
-        """Refuse new work, finish what is queued, and end the worker task."""
+        """Refuse new work, finish what is queued, and end the serving task."""
         self._closed = True
         self._arrived.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait([self._task])  # a death was logged by _ended; nothing to raise
 
-    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, x: np.ndarray) -> Outputs:
         """Run `x` (rows, ...) through the model; returns each output's rows for `x`.
 
-        A request larger than `max_batch_size` is cut into chunks that may
-        travel in different calls. An oversized request is still admitted into
-        an empty queue, so it cannot be refused forever.
+        A job of more rows than the share of one call is spread over several
+        calls, in turns with the other jobs. Raises BatcherClosed when the
+        batcher is stopping, and BatcherFailed if its serving task dies.
         """
         if self._closed or self._task is None:
             raise BatcherClosed(f"{self.name} is not running")
-        rows = len(x)
-        if rows == 0:
+        if self._task.done():  # it died; this request brings it back
+            log.warning("%s: restarting the batching task (%s)", self.name, self.failure)
+            self.start()
+        if len(x) == 0:
             raise ValueError("empty batch")
-        if self._queued_rows and self._queued_rows + rows > self.max_queue:
-            raise QueueFull(f"{self._queued_rows} images are queued for {self.name}")
-        loop = asyncio.get_running_loop()
-        now = self._clock()
-        step = self.max_batch_size
-        chunks = [_Chunk(x[i : i + step], loop.create_future(), now) for i in range(0, rows, step)]
-        self._queue.extend(chunks)
-        self._queued_rows += rows
+        job = _Job(x, asyncio.get_running_loop().create_future(), self._clock())
+        self._jobs.append(job)
+        self._queued_rows += len(x)
         self._arrived.set()
-        if len(chunks) == 1:  # the common case, without gather's bookkeeping
-            return await chunks[0].future
-        parts = await asyncio.gather(*(chunk.future for chunk in chunks))
-        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+        return await job.future
 
     async def _serve(self) -> None:
         while True:
-            while not self._queue:
+            while not self._jobs:
                 if self._closed:
                     return
                 self._arrived.clear()
@@ -139,7 +175,7 @@ class Batcher:
                 await self._run(batch)
 
     async def _wait_for_batch_mates(self) -> None:
-        deadline = self._queue[0].enqueued + self.max_delay_s
+        deadline = self._jobs[0].enqueued + self.max_delay_s
         while not self._closed and self._queued_rows < self.max_batch_size:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -149,45 +185,79 @@ class Batcher:
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
-    def _take(self) -> list[_Chunk]:
-        """Pop whole chunks, oldest first, while they fit in one call."""
-        batch: list[_Chunk] = []
-        rows = 0
-        while self._queue:
-            chunk = self._queue[0]
-            n = len(chunk.x)
-            if chunk.future.done():  # its request was cancelled (client went away)
-                self._queue.popleft()
-                self._queued_rows -= n
-                continue
-            if batch and rows + n > self.max_batch_size:
-                break
-            self._queue.popleft()
-            self._queued_rows -= n
-            batch.append(chunk)
-            rows += n
-        return batch
+    def _take(self) -> dict[_Job, tuple[int, int]]:
+        """The rows of the next call, job by job: {job: (start, stop)} in call order.
 
-    async def _run(self, batch: list[_Chunk]) -> None:
+        Round by round, each waiting job takes an equal share of the room left
+        (at least one row), and goes to the back of the line if rows remain.
+        """
+        picked: dict[_Job, tuple[int, int]] = {}
+        room = self.max_batch_size
+        while room and self._jobs:
+            share = max(1, room // len(self._jobs))
+            for _ in range(len(self._jobs)):
+                job = self._jobs.popleft()
+                left = len(job.x) - job.taken
+                if job.future.done():  # its caller stopped waiting: drop what did not run
+                    self._queued_rows -= left
+                    continue
+                n = min(share, room, left)
+                start = picked[job][0] if job in picked else job.taken
+                job.taken += n
+                picked[job] = (start, job.taken)
+                room -= n
+                self._queued_rows -= n
+                if n < left:
+                    self._jobs.append(job)
+                if not room:
+                    break
+        return picked
+
+    async def _run(self, batch: dict[_Job, tuple[int, int]]) -> None:
         started = self._clock()
-        x = batch[0].x if len(batch) == 1 else np.concatenate([chunk.x for chunk in batch])
+        self._in_call = list(batch)
+        if len(batch) == 1:
+            ((job, (start, stop)),) = batch.items()
+            x = job.x if (start, stop) == (0, len(job.x)) else job.x[start:stop]
+        else:
+            x = np.concatenate([job.x[start:stop] for job, (start, stop) in batch.items()])
         try:
-            outputs = await asyncio.to_thread(self._run_batch, x)
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, x)
             if any(len(output) != len(x) for output in outputs):
                 raise RuntimeError(f"{self.name}: outputs do not have {len(x)} rows")
         except Exception as exc:
             log.exception("%s: a batch of %d rows failed", self.name, len(x))
-            for chunk in batch:
-                if not chunk.future.done():
-                    chunk.future.set_exception(exc)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            self._in_call = []
             return
         finished = self._clock()
         offset = 0
-        for chunk in batch:
-            n = len(chunk.x)
-            if not chunk.future.done():
-                chunk.future.set_result([output[offset : offset + n] for output in outputs])
+        for job, (start, stop) in batch.items():
+            n = stop - start
+            job.finish([output[offset : offset + n] for output in outputs], n)
             offset += n
+        self._in_call = []
         if self._on_batch is not None:
-            waits = [started - chunk.enqueued for chunk in batch]
+            waits = [started - job.enqueued for job, (start, _) in batch.items() if start == 0]
             self._on_batch(BatchStats(size=len(x), queue_wait_s=waits, run_s=finished - started))
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The serving task returned (stopped) or died: fail whatever still waits on it."""
+        if task.cancelled():
+            reason = "it was cancelled"
+        elif (exc := task.exception()) is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("%s: the batching task died", self.name, exc_info=exc)
+        else:
+            return
+        self.failure = f"{self.name}: the batching task died ({reason})"
+        error = BatcherFailed(self.failure)
+        for job in [*self._in_call, *self._jobs]:
+            if not job.future.done():
+                job.future.set_exception(error)
+        self._in_call = []
+        self._jobs.clear()
+        self._queued_rows = 0

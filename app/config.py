@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -39,8 +40,24 @@ class Settings(BaseSettings):
         le=10_000,
         description="How long the first request of a batch waits for batch-mates.",
     )
+    # Rows: one image through the encoder, or one latent through the decoder, is
+    # one row; /elbo on N images with k samples costs N·(1 + k). The default holds
+    # two of the largest requests the limits allow (256 images at k = 128).
     max_queue: int = Field(
-        default=1024, ge=1, description="Most images waiting per model graph before 503."
+        default=65_536,
+        ge=1,
+        description="Most rows of model work admitted per model version before 503.",
+    )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        description="Most requests handled at once (health checks and /metrics aside) before 503.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest a request may take once its body has arrived, queue included (504).",
     )
     max_images_per_request: int = Field(
         default=256, ge=1, description="Most images in one request."
@@ -58,6 +75,11 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every endpoint but /healthz and /readyz requires it."
+    )
+    # /admin/* changes what is served, so it is off unless a key guards it or an
+    # operator opens it on purpose (the container binds 0.0.0.0).
+    admin: bool = Field(
+        default=False, description="Open /admin/* without an API key (with a key it needs the key)."
     )
     page: bool = Field(
         default=True, description="Serve the page to try the models in a browser at /."
@@ -118,10 +140,41 @@ class Settings(BaseSettings):
 
     @property
     def threads(self) -> int:
-        """Intra-op threads for one session: the setting, or the CPUs we may run on."""
-        if self.intra_op_threads:
-            return self.intra_op_threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        """Intra-op threads for one session: the setting, or the CPUs we may use."""
+        return self.intra_op_threads or available_cpus()
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self.admin or self.api_key is not None
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (cgroup v2 cpu.max, else v1
+    cpu.cfs_quota_us / cpu.cfs_period_us), None without one."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if int(quota) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's CPU quota.
+
+    A container limited to 2 CPUs (docker --cpus 2) still sees every core of the
+    host in its affinity; threads sized by that would fight over the quota.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = _cgroup_cpu_limit(cgroup)
+    if limit is not None:
+        cpus = min(cpus or 1, max(1, math.ceil(limit)))
+    return max(1, cpus or 1)
 
 
 @lru_cache

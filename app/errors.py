@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from app.batcher import BatcherClosed, QueueFull
+from app.batcher import BatcherClosed, BatcherFailed, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,19 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+class Forbidden(ServiceError):
+    """An endpoint that is turned off (the admin endpoints without a key or VAE_ADMIN)."""
+
+    status_code = 403
+
+
+class DeadlineExceeded(ServiceError):
+    """The request ran out of its time (VAE_REQUEST_TIMEOUT_S); its work not yet started
+    was dropped."""
+
+    status_code = 504
+
+
 RETRY_AFTER_S = "1"
 
 
@@ -88,6 +101,8 @@ def known_failure(exc: Exception) -> tuple[int, str, dict[str, str] | None] | No
         return 503, f"server busy: {exc}; retry shortly", retry
     if isinstance(exc, BatcherClosed):
         return 503, "the model version is being unloaded; retry", retry
+    if isinstance(exc, BatcherFailed):
+        return 503, f"{exc}; retry: the next request restarts it", retry
     return None
 
 
@@ -149,7 +164,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to HTTP; anything unexpected is a logged, opaque 500."""
-    for known in (ServiceError, QueueFull, BatcherClosed):
+    for known in (ServiceError, QueueFull, BatcherClosed, BatcherFailed):
         app.add_exception_handler(known, _known)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)

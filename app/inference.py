@@ -1,13 +1,19 @@
-"""What the endpoints compute: batched graph calls plus the numpy maths of app.vae.
+"""What the endpoints compute: batched graph calls plus the numpy maths of vae_contract.
 
 Inputs arrive validated; each function awaits the version's batchers, so
-concurrent requests share ONNX Runtime calls.
+concurrent requests share ONNX Runtime calls. Each first takes its cost in rows
+from the version's budget (`mv.admit`): one row per image through the encoder
+and per latent through the decoder, the units of VAE_MAX_QUEUE. Numpy work
+on more than a few thousand values runs on a worker thread, so one large
+request never stalls the event loop for the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
@@ -15,11 +21,27 @@ from app.errors import Unprocessable
 from app.registry import ModelVersion
 from vae_contract import bounds, scores
 from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
+from vae_contract.manifest import Likelihood
 from vae_contract.scores import Statistics
 
-# Decode at most this many values (rows × D) per batcher submission, so /elbo
-# with large k holds a bounded slice of logits in memory at a time.
-_DECODE_VALUES = 1 << 22
+# /elbo decodes at most this many values (rows × D) per batcher submission, so a
+# request with large k holds a bounded slice of logits (and of their float64
+# likelihood terms, 4 MiB each) in memory at a time.
+_SLICE_VALUES = 1 << 19
+# Numpy work on fewer values stays on the event loop: a worker-thread hop would
+# cost the loop more than the work itself.
+_INLINE_VALUES = 1 << 14
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _numpy(values: int, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """work(*args, **kwargs), on a worker thread when it touches more than a few
+    thousand values."""
+    if values <= _INLINE_VALUES:
+        return work(*args, **kwargs)
+    return await asyncio.to_thread(work, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,8 @@ def _eps(seed: int | None, n: int, k: int, latent_dim: int) -> np.ndarray:
 
 async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | None) -> Encoded:
     """x (N, C, H, W) -> q(z|x) parameters, and z if `sample`."""
-    mean, log_var = await mv.encoder.submit(x)
+    with mv.admit(len(x)):
+        mean, log_var = await mv.encoder.submit(x)
     z = None
     if sample:
         eps = _eps(seed, len(x), 1, mv.manifest.latent_dim)
@@ -78,8 +101,9 @@ async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | N
 
 async def decode(mv: ModelVersion, z: np.ndarray) -> np.ndarray:
     """z (N, L) -> pixel means (N, C, H, W) in [0, 1]."""
-    (logits,) = await mv.decoder.submit(z)
-    return pixel_means(logits, mv.manifest.likelihood)
+    with mv.admit(len(z)):
+        (logits,) = await mv.decoder.submit(z)
+    return await _numpy(logits.size, pixel_means, logits, mv.manifest.likelihood)
 
 
 def prior(seed: int | None, n: int, latent_dim: int, temperature: float) -> np.ndarray:
@@ -92,16 +116,31 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
     """Per-image ELBO (k = 1) or importance-weighted bound (k > 1) of x (N, C, H, W)."""
     manifest = mv.manifest
     n, latent, size = len(x), manifest.latent_dim, manifest.input.size
-    mean, log_var = await mv.encoder.submit(x)
-    z = bounds.reparameterize(mean, log_var, _eps(seed, n, k, latent))  # (N, k, L)
-    flat_x = x.reshape(n, 1, size)  # (N, 1, D), broadcast over the k samples
-    log_px = np.empty((n, k))
-    step = max(1, _DECODE_VALUES // (size * k))  # images per slice
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        (logits,) = await mv.decoder.submit(z[start:stop].reshape(-1, latent))
-        logits = logits.reshape(stop - start, k, size)  # (n', k, D)
-        log_px[start:stop] = log_likelihood(flat_x[start:stop], logits, manifest.likelihood)
+    with mv.admit(n * (1 + k)):  # N encoder rows, N·k decoder rows
+        mean, log_var = await mv.encoder.submit(x)
+        z = await _numpy(n * k * latent, _draw, mean, log_var, seed, k)  # (N, k, L)
+        flat_x = x.reshape(n, 1, size)  # (N, 1, D), broadcast over the k samples
+        log_px = np.empty((n, k))
+        step = max(1, _SLICE_VALUES // (size * k))  # images per slice
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            (logits,) = await mv.decoder.submit(z[start:stop].reshape(-1, latent))
+            logits = logits.reshape(stop - start, k, size)  # (n', k, D)
+            log_px[start:stop] = await _numpy(
+                logits.size, log_likelihood, flat_x[start:stop], logits, manifest.likelihood
+            )
+    return await _numpy(z.size, _scores, log_px, z, mean, log_var, size)
+
+
+def _draw(mean: np.ndarray, log_var: np.ndarray, seed: int | None, k: int) -> np.ndarray:
+    """k reparameterised draws per image, z (N, k, L)."""
+    return bounds.reparameterize(mean, log_var, _eps(seed, len(mean), k, mean.shape[1]))
+
+
+def _scores(
+    log_px: np.ndarray, z: np.ndarray, mean: np.ndarray, log_var: np.ndarray, size: int
+) -> Scores:
+    """The bound and its parts from log p(x|z) (N, k) and the draws z (N, k, L)."""
     kl = bounds.kl(mean, log_var)
     bound = bounds.bound(log_px, kl, z, mean, log_var)
     return Scores(
@@ -115,11 +154,17 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
 async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (N, C, H, W) -> the pixel means decoded at z = mean (N, C, H, W) and
     -log p(x_i|z) per pixel, summed over channels (N, H, W): where x departs from the model."""
-    manifest = mv.manifest
-    mean, _ = await mv.encoder.submit(x)
-    (logits,) = await mv.decoder.submit(mean)
-    terms = log_likelihood_terms(x, logits, manifest.likelihood)  # (N, C, H, W)
-    return pixel_means(logits, manifest.likelihood), -terms.sum(axis=1)
+    with mv.admit(2 * len(x)):
+        mean, _ = await mv.encoder.submit(x)
+        (logits,) = await mv.decoder.submit(mean)
+    return await _numpy(logits.size, _pixels_and_nats, x, logits, mv.manifest.likelihood)
+
+
+def _pixels_and_nats(
+    x: np.ndarray, logits: np.ndarray, likelihood: Likelihood
+) -> tuple[np.ndarray, np.ndarray]:
+    terms = log_likelihood_terms(x, logits, likelihood)  # (N, C, H, W)
+    return pixel_means(logits, likelihood), -terms.sum(axis=1)
 
 
 def choose_score(mv: ModelVersion, score: scores.Score | None) -> scores.Score:

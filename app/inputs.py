@@ -179,8 +179,11 @@ async def _parsed(body: bytes, parse: Callable[[bytes, int], T], limit: int) -> 
     return await asyncio.to_thread(parse, body, limit)
 
 
-async def read_image_body(request: Request, settings: Settings) -> ImageBody:
-    """Any accepted image body -> files or an array, with the request's limits applied."""
+async def read_image_body(
+    request: Request, settings: Settings, body: bytes | None = None
+) -> ImageBody:
+    """Any accepted image body -> files or an array, with the request's limits applied.
+    `body`: the body, when the caller has read it already (with `read_body`)."""
     media = media_type(request)
     known = media in {"multipart/form-data", "application/json", NPY} or media.startswith("image/")
     if not known:
@@ -188,7 +191,8 @@ async def read_image_body(request: Request, settings: Settings) -> ImageBody:
             f"content type {media or '(none)'!r} is not supported; send {IMAGE_TYPES}"
         )
     limit = settings.max_images_per_request
-    body = await read_body(request, settings.max_body_bytes)
+    if body is None:
+        body = await read_body(request, settings.max_body_bytes)
     if media == "multipart/form-data":
         parsed = ImageBody(files=await _multipart_files(request.headers, body, limit))
     elif media.startswith("image/"):
@@ -224,15 +228,21 @@ def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: boo
 
 
 async def read_images(
-    request: Request, manifest: Manifest, settings: Settings, *, resize: bool
+    request: Request,
+    manifest: Manifest,
+    settings: Settings,
+    *,
+    resize: bool,
+    body: bytes | None = None,
 ) -> np.ndarray:
-    """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated."""
-    body = await read_image_body(request, settings)
-    if body.array is not None:
-        return await pixels_to_x(body.array, manifest, settings, resize=resize)
+    """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated.
+    `body`: the body, when the caller has read it already (with `read_body`)."""
+    parsed = await read_image_body(request, settings, body)
+    if parsed.array is not None:
+        return await pixels_to_x(parsed.array, manifest, settings, resize=resize)
     # Decoding is CPU work: off the event loop, like the model calls. Image files
     # always go: a small file can still declare millions of pixels.
-    return await asyncio.to_thread(to_x, body, manifest, settings, resize=resize)
+    return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
 
 
 async def pixels_to_x(
@@ -254,14 +264,17 @@ def _json_latents(body: bytes, max_rows: int) -> np.ndarray:
     return _numbers(payload["z"], "z", "N×L or one vector of length L", (1, 2), max_rows)
 
 
-async def read_latents(request: Request, latent_dim: int, settings: Settings) -> np.ndarray:
+async def read_latents(
+    request: Request, latent_dim: int, settings: Settings, *, body: bytes | None = None
+) -> np.ndarray:
     """{"z": [[...], ...]} or a .npy body -> z, float32 (N, L), validated."""
     media = media_type(request)
     if media not in {"application/json", NPY}:
         raise UnsupportedMediaType(
             f"content type {media or '(none)'!r} is not supported; send {LATENT_TYPES}"
         )
-    body = await read_body(request, settings.max_body_bytes)
+    if body is None:
+        body = await read_body(request, settings.max_body_bytes)
     if media == NPY:
         z = load_npy(body)
         if z.dtype.kind not in "iuf":

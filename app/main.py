@@ -60,11 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     install_error_handlers(app)
-    # The model-bound routes join the app's own router instead of being included:
-    # FastAPI dispatches an included router's routes through per-inclusion
-    # wrappers, which cost the one-image /encode a fifth of its event-loop time
+    # The model-bound routes and the probes join the app's own router, first,
+    # instead of being included: FastAPI dispatches an included router's routes
+    # through per-inclusion wrappers, and tries the routes in order; both cost the
+    # one-image /encode and /healthz a good part of their event-loop time
     # (bench/profile.md).
-    app.router.routes.extend(vae.router.routes)
+    app.router.routes.extend([*vae.router.routes, *ops.probes.routes])
     app.router.routes.extend(oip_http.router.routes)  # the same, for the v2 protocol's infer
     for router in (models.router, ops.router):
         app.include_router(router)
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s too
+    # Outermost: counts 401s too, and sheds load before any other work.
+    app.add_middleware(MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrency)
     return app
 
 

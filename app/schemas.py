@@ -188,6 +188,11 @@ class VersionInfo(BaseModel):
     scores: dict[str, ScoreCalibrationInfo] = Field(
         description="Each anomaly score, and whether its calibration holds on this service."
     )
+    refused_update: str | None = Field(
+        None,
+        description="Set when this version's files changed on disk after it was loaded and "
+        "the new files were refused: why. The copy loaded before serves on from memory.",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -243,7 +248,9 @@ class ModelDetail(BaseModel):
     name: str
     latest_version: int
     versions: list[VersionDetail]
-    refused: list[Refused] = Field(description="Versions in the store that failed to load.")
+    refused: list[Refused] = Field(
+        description="Versions in the store that failed to load and are not served."
+    )
 
 
 class Health(BaseModel):

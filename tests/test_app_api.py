@@ -6,6 +6,7 @@ the same ONNX files, tests/app_support.py), not against app/ itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from anyio.from_thread import BlockingPortal
@@ -24,8 +26,9 @@ from conversion import documented_file_x
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 
-from app.batcher import Batcher
+from app.batcher import Batcher, BatchStats
 from app.config import Settings
+from app.loader import load_version
 from app.main import create_app
 
 NPY = {"content-type": "application/x-npy"}
@@ -510,38 +513,193 @@ def test_invalid_parameters_keep_the_per_field_list_beside_the_sentence(client: 
     assert body["detail"].count("query parameter") == 2
 
 
-def test_a_full_queue_is_503_with_retry_after(model_store: Path, mnist: np.ndarray) -> None:
-    with serving(settings_for(model_store, max_batch_size=1, max_queue=1)) as client:
-        registry = client.app.state.registry  # type: ignore[attr-defined]
-        mv = registry.resolve(None, None)
+def test_work_beyond_the_budget_is_503_and_more_than_it_ever_allows_is_413(
+    model_store: Path, mnist: np.ndarray
+) -> None:
+    """VAE_MAX_QUEUE counts rows of model work: an image through the encoder, a
+    latent through the decoder; /elbo with k costs N·(1 + k)."""
+    with serving(settings_for(model_store, max_batch_size=8, max_queue=16)) as client:
+        mv = client.app.state.registry.resolve(None, None)  # type: ignore[attr-defined]
+        one = {"content": npy(mnist[:1]), "headers": NPY}
+        response = client.post("/elbo?k=16", **one)  # 1 + 16 rows: never fits
+        assert response.status_code == 413, response.text
+        assert "needs 17 rows" in response.json()["detail"]
+        assert "at most 16 (VAE_MAX_QUEUE)" in response.json()["detail"]
+        with mv.admit(16):  # the budget is spent by requests in progress
+            response = client.post("/encode", **one)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["detail"] == (
+            "server busy: mnist/1 is computing 16 rows and this request needs 1 more, "
+            "over the limit of 16 (VAE_MAX_QUEUE); retry shortly"
+        )
+        assert client.post("/elbo?k=15", **one).status_code == 200  # alone, it fits
+
+
+async def test_heavy_requests_and_light_ones_are_all_admitted_together(
+    model_store: Path, mnist: np.ndarray
+) -> None:
+    """Two score=iwae-sized requests (32 images, k=64: 2,080 rows each) and light ones
+    at the same moment, under the default budget: every one is answered, none is
+    refused because another's rows were queued."""
+    app = create_app(settings_for(model_store, max_k=64, max_images_per_request=64))
+    async with app.router.lifespan_context(app):
+        await app.state.registry.loaded_once.wait()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            heavy = [
+                http.post("/elbo?k=64", content=npy(mnist[i : i + 32]), headers=NPY)
+                for i in (0, 32)
+            ]
+            light = [
+                http.post("/encode", content=npy(mnist[i : i + 1]), headers=NPY) for i in range(4)
+            ]
+            answers = await asyncio.gather(*heavy, *light)
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+    assert [len(r.json()["results"]) for r in answers] == [32, 32, 1, 1, 1, 1]
+
+
+def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(
+    model_store: Path, mnist: np.ndarray
+) -> None:
+    with serving(settings_for(model_store, request_timeout_s=0.2)) as client:
+        mv = client.app.state.registry.resolve(None, None)  # type: ignore[attr-defined]
         held, running = threading.Event(), threading.Event()
+        calls: list[int] = []
 
         def blocked(x: np.ndarray) -> list[np.ndarray]:
+            calls.append(len(x))
             running.set()
             held.wait(30)
             return [x[:, 0, 0, :8], x[:, 0, 0, :8]]
 
         original = mv.encoder
-        mv.encoder = Batcher(blocked, max_batch_size=1, max_delay_s=0, max_queue=1)
+        mv.encoder = Batcher(blocked, max_batch_size=256, max_delay_s=0)
         portal(client).call(mv.encoder.start)
         x = np.zeros((1, 1, 28, 28), np.float32)
-        in_call = portal(client).start_task_soon(mv.encoder.submit, x)
+        in_call = portal(client).start_task_soon(mv.encoder.submit, x)  # holds the graph
         assert running.wait(30)
-        queued = portal(client).start_task_soon(mv.encoder.submit, x)
-        assert portal(client).call(lambda: mv.encoder.queued_rows) == 1  # x waits behind x
-        response = client.post("/encode", content=npy(mnist[:1]), headers=NPY)
-        assert response.status_code == 503 and response.headers["retry-after"] == "1"
-        assert "busy" in response.json()["detail"]
+        response = client.post("/encode", content=npy(mnist[:3]), headers=NPY)
+        assert response.status_code == 504, response.text
+        assert "longer than 0.2 s (VAE_REQUEST_TIMEOUT_S)" in response.json()["detail"]
         held.set()
         in_call.result(30)
-        queued.result(30)
-        portal(client).call(original.stop)
+        portal(client).call(mv.encoder.stop)  # drains the queue
+        assert calls == [1]  # the 3 images of the late request never ran
+        mv.encoder = original
+
+
+def test_a_dead_batcher_makes_readyz_503_until_the_next_request_restarts_it(
+    model_store: Path, mnist: np.ndarray
+) -> None:
+    with serving(settings_for(model_store)) as client:
+        mv = client.app.state.registry.resolve(None, None)  # type: ignore[attr-defined]
+        broken = [True]
+
+        def on_batch(stats: BatchStats) -> None:
+            if broken:
+                broken.pop()
+                raise RuntimeError("a bug in a callback")
+
+        graphs = load_version(mv.path, "mnist", 1, device="cpu", threads=1)
+        original = mv.encoder
+        mv.encoder = Batcher(
+            graphs.encoder.run,
+            max_batch_size=8,
+            max_delay_s=0,
+            on_batch=on_batch,
+            name="mnist/1/encoder",
+        )
+        portal(client).call(mv.encoder.start)
+        body = {"content": npy(mnist[:1]), "headers": NPY}
+        assert client.post("/encode", **body).status_code == 200  # answered, then the bug
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+        assert ready.json()["detail"] == (
+            "mnist/1/encoder: the batching task died (RuntimeError: a bug in a callback); "
+            "the next request restarts it"
+        )
+        assert client.post("/encode", **body).status_code == 200
+        assert client.get("/readyz").json() == {"ready": True, "detail": None}
+        portal(client).call(mv.encoder.stop)
+        mv.encoder = original
+
+
+def test_past_max_concurrency_requests_are_503_at_once_but_probes_answer(
+    model_store: Path, mnist: np.ndarray
+) -> None:
+    with serving(settings_for(model_store, max_concurrency=1)) as client:
+        arrived, go = threading.Event(), asyncio.Event()
+        body = npy(mnist[:1])
+
+        async def receive() -> dict[str, Any]:  # a client that has not sent its body yet
+            arrived.set()
+            await go.wait()
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/encode", "raw_path": b"/encode",
+            "query_string": b"", "root_path": "", "headers": [
+                (b"content-type", b"application/x-npy"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        slow = portal(client).start_task_soon(client.app, scope, receive, send)  # type: ignore[arg-type]
+        try:
+            assert arrived.wait(30)
+            response = client.post("/encode", content=body, headers=NPY)
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert "VAE_MAX_CONCURRENCY" in response.json()["detail"]
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 200
+            metrics = client.get("/metrics").text
+            assert metric(metrics, "vae_http_requests_shed_total") == 1
+            assert metric(metrics, "vae_http_requests_in_flight") == 2  # with /metrics itself
+        finally:
+            portal(client).call(go.set)
+        slow.result(30)
+        assert sent[0]["status"] == 200
+        assert client.post("/encode", content=body, headers=NPY).status_code == 200
+
+
+def test_a_version_corrupted_after_loading_is_shown_once_in_models(
+    store_copy: Path, mnist: np.ndarray
+) -> None:
+    with serving(settings_for(store_copy, admin=True)) as client:
+        decoder = store_copy / "mnist" / "1" / "decoder.onnx"
+        decoder.write_bytes(decoder.read_bytes()[:-1] + b"\0")
+        report = client.post("/admin/reload").json()
+        assert list(report["refused"]) == ["mnist/1"] and report["retired"] == []
+        detail = client.get("/models/mnist").json()
+        assert detail["refused"] == []
+        (served,) = detail["versions"]
+        assert served["version"] == 1 and "sha256" in served["refused_update"]
+        assert client.post("/encode", content=npy(mnist[:1]), headers=NPY).status_code == 200
+
+
+def test_admin_endpoints_are_off_without_a_key_or_vae_admin(model_store: Path) -> None:
+    with serving(settings_for(model_store)) as client:
+        response = client.post("/admin/reload")
+        assert response.status_code == 403
+        assert (
+            "VAE_API_KEY" in response.json()["detail"] and "VAE_ADMIN" in response.json()["detail"]
+        )
+    with serving(settings_for(model_store, api_key="s3cret")) as client:
+        assert client.post("/admin/reload").status_code == 401
+        reloaded = client.post("/admin/reload", headers={"X-API-Key": "s3cret"})
+        assert reloaded.status_code == 200, reloaded.text
 
 
 def test_admin_reload_serves_a_new_version_beside_the_old(
     store_copy: Path, mnist: np.ndarray
 ) -> None:
-    with serving(settings_for(store_copy)) as client:
+    with serving(settings_for(store_copy, admin=True)) as client:
         copy_version(store_copy / "mnist" / "1", store_copy, 2)
         report = client.post("/admin/reload").json()
         assert report == {"loaded": ["mnist/2"], "refused": {}, "retired": []}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from app.batcher import Batcher, BatcherClosed, BatchStats, QueueFull
+from app.batcher import Batcher, BatcherClosed, BatcherFailed, BatchStats
 
 HOUR = 3600.0  # a max_delay that never expires during a test: batches flush on size
 
@@ -39,6 +40,28 @@ class Model:
         assert await asyncio.to_thread(self.started.wait, 30)
 
 
+class Stepped:
+    """A stand-in graph whose calls the test lets finish one at a time: it records
+    each call's rows, says when one starts, and blocks it until `finish()`."""
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+        self._started: queue.Queue[None] = queue.Queue()
+        self._go = threading.Semaphore(0)
+
+    def __call__(self, x: np.ndarray) -> Sequence[np.ndarray]:
+        self.calls.append(x.copy())
+        self._started.put(None)
+        assert self._go.acquire(timeout=30), "the test never let the call finish"
+        return [x * 2.0, x.sum(axis=1)]
+
+    async def call_started(self) -> None:
+        await asyncio.to_thread(self._started.get, timeout=30)
+
+    def finish(self) -> None:
+        self._go.release()
+
+
 def rows(n: int, start: float = 0.0) -> np.ndarray:
     return (start + np.arange(n * 3, dtype=np.float32)).reshape(n, 3)
 
@@ -56,7 +79,7 @@ def check(result: list[np.ndarray], x: np.ndarray) -> None:
 
 async def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
     model = Model()
-    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=HOUR, max_queue=64))
+    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=HOUR))
     inputs = [rows(3, 0), rows(1, 100), rows(4, 200)]  # 8 rows: flushed by size
     results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
     assert model.sizes == [8]
@@ -67,7 +90,7 @@ async def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> No
 
 async def test_a_request_larger_than_a_batch_is_cut_and_reassembled_in_order() -> None:
     model = Model()
-    batcher = await started(Batcher(model, max_batch_size=4, max_delay_s=0, max_queue=64))
+    batcher = await started(Batcher(model, max_batch_size=4, max_delay_s=0))
     x = rows(10)
     check(await batcher.submit(x), x)
     assert model.sizes == [4, 4, 2]
@@ -76,7 +99,7 @@ async def test_a_request_larger_than_a_batch_is_cut_and_reassembled_in_order() -
 
 async def test_requests_that_queue_during_a_call_go_together_in_the_next() -> None:
     model = Model(gated=True)
-    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=0, max_queue=64))
+    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=0))
     first = asyncio.create_task(batcher.submit(rows(1)))
     await model.running()
     later = [rows(1, 10 * i) for i in range(1, 4)]
@@ -93,7 +116,7 @@ async def test_requests_that_queue_during_a_call_go_together_in_the_next() -> No
 
 async def test_a_lone_request_is_flushed_by_the_delay() -> None:
     model = Model()
-    batcher = await started(Batcher(model, max_batch_size=64, max_delay_s=0.001, max_queue=64))
+    batcher = await started(Batcher(model, max_batch_size=64, max_delay_s=0.001))
     x = rows(2)
     async with asyncio.timeout(30):  # a bound on a hang, not a timing claim
         check(await batcher.submit(x), x)
@@ -101,31 +124,100 @@ async def test_a_lone_request_is_flushed_by_the_delay() -> None:
     await batcher.stop()
 
 
-async def test_a_full_queue_refuses_the_whole_request_and_keeps_nothing_of_it() -> None:
-    model = Model(gated=True)
-    batcher = await started(Batcher(model, max_batch_size=2, max_delay_s=0, max_queue=4))
-    running = asyncio.create_task(batcher.submit(rows(2)))
-    await model.running()
-    queued = asyncio.create_task(batcher.submit(rows(4, 50)))
-    await asyncio.sleep(0)
-    assert batcher.queued_rows == 4
-    with pytest.raises(QueueFull):
-        await batcher.submit(rows(1))
-    assert batcher.queued_rows == 4  # nothing of the refused request was queued
-    model.release.set()
-    check(await running, rows(2))
-    check(await queued, rows(4, 50))
-    assert model.sizes == [2, 2, 2]
-    check(await batcher.submit(rows(1)), rows(1))  # room again
+async def test_a_small_job_does_not_wait_behind_a_large_one() -> None:
+    """A large job is served in turns: a one-row job that arrives while the large
+    one runs goes into the next call, not behind all of the large job's rows."""
+    model = Stepped()
+    batcher = await started(Batcher(model, max_batch_size=4, max_delay_s=0))
+    large, small = rows(12), rows(1, 100)
+    large_task = asyncio.create_task(batcher.submit(large))
+    await model.call_started()  # the first call: rows 0-3 of the large job
+    small_task = asyncio.create_task(batcher.submit(small))
+    await asyncio.sleep(0)  # one loop turn: the small job queues
+    model.finish()
+    await model.call_started()  # the second call: half of it for each job waiting
+    model.finish()
+    async with asyncio.timeout(30):  # a bound on a hang, not a timing claim
+        check(await small_task, small)
+    assert not large_task.done()
+    np.testing.assert_array_equal(model.calls[1], np.concatenate([large[4:7], small]))
+    for _ in range(2):  # the rest of the large job: 4 rows, then 1
+        await model.call_started()
+        model.finish()
+    check(await large_task, large)
+    assert [len(call) for call in model.calls] == [4, 4, 4, 1]
     await batcher.stop()
 
 
-async def test_an_oversized_request_is_admitted_into_an_empty_queue() -> None:
-    model = Model()
-    batcher = await started(Batcher(model, max_batch_size=2, max_delay_s=0, max_queue=2))
-    x = rows(5)
-    check(await batcher.submit(x), x)
-    assert model.sizes == [2, 2, 1]
+async def test_large_jobs_take_turns() -> None:
+    model = Stepped()
+    batcher = await started(Batcher(model, max_batch_size=4, max_delay_s=0))
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await model.call_started()
+    a, b = rows(6, 100), rows(6, 200)
+    tasks = [asyncio.create_task(batcher.submit(x)) for x in (a, b)]
+    await asyncio.sleep(0)
+    model.finish()
+    for _ in range(3):
+        await model.call_started()
+        model.finish()
+    await first
+    check(await tasks[0], a)
+    check(await tasks[1], b)
+    np.testing.assert_array_equal(model.calls[1], np.concatenate([a[:2], b[:2]]))
+    np.testing.assert_array_equal(model.calls[2], np.concatenate([a[2:4], b[2:4]]))
+    np.testing.assert_array_equal(model.calls[3], np.concatenate([a[4:], b[4:]]))
+    await batcher.stop()
+
+
+async def test_a_job_whose_caller_leaves_mid_way_runs_no_further() -> None:
+    """A deadline or a client that hangs up cancels the caller: the rows of its job
+    that have not run are dropped."""
+    model = Stepped()
+    batcher = await started(Batcher(model, max_batch_size=4, max_delay_s=0))
+    large = asyncio.create_task(batcher.submit(rows(12)))
+    await model.call_started()
+    large.cancel()
+    model.finish()
+    with pytest.raises(asyncio.CancelledError):
+        await large
+    after = asyncio.create_task(batcher.submit(rows(2, 50)))
+    await model.call_started()
+    model.finish()
+    check(await after, rows(2, 50))
+    assert [len(call) for call in model.calls] == [4, 2]
+    assert batcher.queued_rows == 0
+    await batcher.stop()
+
+
+async def test_a_dead_serving_task_fails_the_waiting_jobs_at_once_and_restarts() -> None:
+    """An exception outside the model call (here in the metrics callback) ends the
+    serving task: it is logged, the jobs that wait fail with BatcherFailed instead
+    of hanging, `failure` says why, and the next submit starts a new task."""
+    model = Stepped()
+    broken = True
+
+    def on_batch(stats: BatchStats) -> None:
+        if broken:
+            raise RuntimeError("a bug in a callback")
+
+    batcher = await started(Batcher(model, max_batch_size=1, max_delay_s=0, on_batch=on_batch))
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await model.call_started()
+    waiting = asyncio.create_task(batcher.submit(rows(1, 5)))
+    await asyncio.sleep(0)
+    model.finish()
+    check(await first, rows(1))  # answered before the callback broke
+    async with asyncio.timeout(30):
+        with pytest.raises(BatcherFailed, match="RuntimeError: a bug in a callback"):
+            await waiting
+    assert batcher.failure is not None and "a bug in a callback" in batcher.failure
+    broken = False
+    again = asyncio.create_task(batcher.submit(rows(1, 9)))
+    await model.call_started()
+    model.finish()
+    check(await again, rows(1, 9))
+    assert batcher.failure is None
     await batcher.stop()
 
 
@@ -139,7 +231,7 @@ async def test_a_failing_call_fails_its_requests_and_the_batcher_serves_on() -> 
             raise RuntimeError("the runtime broke")
         return [x]
 
-    batcher = await started(Batcher(flaky, max_batch_size=4, max_delay_s=0, max_queue=8))
+    batcher = await started(Batcher(flaky, max_batch_size=4, max_delay_s=0))
     with pytest.raises(RuntimeError, match="the runtime broke"):
         await batcher.submit(rows(1))
     (out,) = await batcher.submit(rows(2))
@@ -148,9 +240,7 @@ async def test_a_failing_call_fails_its_requests_and_the_batcher_serves_on() -> 
 
 
 async def test_outputs_with_the_wrong_row_count_are_an_error_not_a_misassignment() -> None:
-    batcher = await started(
-        Batcher(lambda x: [x[:1]], max_batch_size=4, max_delay_s=0, max_queue=8)
-    )
+    batcher = await started(Batcher(lambda x: [x[:1]], max_batch_size=4, max_delay_s=0))
     with pytest.raises(RuntimeError, match="rows"):
         await batcher.submit(rows(3))
     await batcher.stop()
@@ -158,7 +248,7 @@ async def test_outputs_with_the_wrong_row_count_are_an_error_not_a_misassignment
 
 async def test_a_cancelled_request_is_dropped_before_it_runs() -> None:
     model = Model(gated=True)
-    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=0, max_queue=64))
+    batcher = await started(Batcher(model, max_batch_size=8, max_delay_s=0))
     first = asyncio.create_task(batcher.submit(rows(1)))
     await model.running()
     gone = asyncio.create_task(batcher.submit(rows(5)))
@@ -175,7 +265,7 @@ async def test_a_cancelled_request_is_dropped_before_it_runs() -> None:
 
 async def test_stop_finishes_queued_work_then_refuses_new_work() -> None:
     model = Model(gated=True)
-    batcher = await started(Batcher(model, max_batch_size=1, max_delay_s=HOUR, max_queue=8))
+    batcher = await started(Batcher(model, max_batch_size=1, max_delay_s=HOUR))
     first = asyncio.create_task(batcher.submit(rows(1)))
     await model.running()
     second = asyncio.create_task(batcher.submit(rows(1, 5)))
@@ -198,7 +288,6 @@ async def test_each_call_is_reported_with_its_size_and_queue_waits() -> None:
             Model(),
             max_batch_size=3,
             max_delay_s=HOUR,
-            max_queue=8,
             on_batch=stats.append,
             clock=lambda: float(next(ticks)),
         )
@@ -211,6 +300,6 @@ async def test_each_call_is_reported_with_its_size_and_queue_waits() -> None:
 
 def test_nonsense_knobs_are_refused() -> None:
     with pytest.raises(ValueError):
-        Batcher(Model(), max_batch_size=8, max_delay_s=0, max_queue=4)
+        Batcher(Model(), max_batch_size=0, max_delay_s=0)
     with pytest.raises(ValueError):
-        Batcher(Model(), max_batch_size=0, max_delay_s=0, max_queue=4)
+        Batcher(Model(), max_batch_size=8, max_delay_s=-1)

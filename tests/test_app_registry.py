@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -16,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from app_support import Reference, copy_version
 
-from app.batcher import BatcherClosed
+from app.batcher import BatcherClosed, QueueFull
 from app.config import Settings
-from app.errors import NotFound
+from app.errors import NotFound, PayloadTooLarge, Unavailable
 from app.metrics import Metrics
 from app.registry import Registry, scan
 from vae_contract.graphs import session_options
@@ -47,8 +48,8 @@ def test_scan_sees_versions_only(store_copy: Path) -> None:
         (mnist_dir(store_copy) / name).mkdir()
     (mnist_dir(store_copy) / "7").write_text("a file, not a folder")
     (store_copy / "Not_A_Name" / "1").mkdir(parents=True)
-    assert list(scan(store_copy)) == [("mnist", 1)]
-    assert scan(store_copy / "missing") == {}
+    assert list(scan(store_copy).versions) == [("mnist", 1)]
+    assert scan(store_copy / "missing").versions == {}
 
 
 async def test_the_newest_version_is_served_unless_one_is_pinned(
@@ -209,3 +210,97 @@ def test_cpu_sessions_do_not_spin() -> None:
     options = session_options(2)
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+async def test_any_failure_to_load_refuses_that_version_alone(
+    registry: Registry, store_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only the failures the loader words (LoadError): an OSError it does not
+    expect refuses its version, and the pass goes on with the next one."""
+    unreadable = copy_version(mnist_dir(store_copy) / "1", store_copy, 2)
+    (unreadable / "manifest.json").unlink()
+    (unreadable / "manifest.json").mkdir()  # reading it raises IsADirectoryError
+    copy_version(mnist_dir(store_copy) / "1", store_copy, 3)
+    with caplog.at_level(logging.ERROR, logger="app.registry"):
+        report = await registry.reload()
+    assert report.loaded == ["mnist/3"]
+    assert report.refused["mnist/2"].startswith("IsADirectoryError: ")
+    assert registry.resolve(None, None).version == 3
+    assert registry.refusals("mnist") == {2: report.refused["mnist/2"]}
+    assert any("refused mnist version 2" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pass_cancelled_half_way_leaves_nothing_it_loaded_running(
+    registry: Registry,
+    store_copy: Path,
+    version_dir: Path,
+    mnist: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copy_version(mnist_dir(store_copy) / "1", store_copy, 2)
+    copy_version(mnist_dir(store_copy) / "1", store_copy, 3)
+    started, loading_3 = [], asyncio.Event()
+    load = registry._load
+
+    async def load_until_cancelled(key: Any, path: Path, fingerprint: Any) -> Any:
+        if key == ("mnist", 3):  # hangs until the pass is cancelled (a shutdown)
+            loading_3.set()
+            await asyncio.Event().wait()
+        mv = await load(key, path, fingerprint)
+        started.append(mv)
+        return mv
+
+    monkeypatch.setattr(registry, "_load", load_until_cancelled)
+    reloading = asyncio.create_task(registry.reload())
+    await loading_3.wait()
+    reloading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reloading
+    (two,) = started
+    with pytest.raises(BatcherClosed):  # version 2 was loaded by the pass, and stopped
+        await two.encoder.submit(Reference(version_dir).x(mnist[:1]))
+    assert registry.resolve(None, None).version == 1  # the table never changed
+
+
+async def test_a_version_corrupted_after_loading_serves_on_and_is_reported_once(
+    registry: Registry, store_copy: Path, version_dir: Path, mnist: np.ndarray
+) -> None:
+    served = registry.resolve(None, None)
+    _flip_a_byte(mnist_dir(store_copy) / "1")
+    report = await registry.reload()
+    assert list(report.refused) == ["mnist/1"] and report.retired == []
+    assert registry.resolve(None, None) is served  # from memory
+    mean, _ = await served.encoder.submit(Reference(version_dir).x(mnist[:1]))
+    assert mean.shape == (1, 8)
+    assert served.refused_update is not None and "sha256" in served.refused_update
+    assert registry.refusals("mnist") == {}  # reported on the version, not as refused too
+    assert registry.readiness() is None
+
+
+async def test_a_store_that_cannot_be_listed_changes_nothing(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unlistable(store: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(store))
+
+    monkeypatch.setattr("app.registry.scan", unlistable)
+    with pytest.raises(Unavailable, match=r"cannot read the model store: .*Permission denied"):
+        await registry.reload()
+    assert registry.resolve(None, None).version == 1
+
+
+async def test_a_version_admits_work_up_to_its_budget_in_rows(store_copy: Path) -> None:
+    registry = Registry(settings_for(store_copy, max_queue=300, max_batch_size=8), Metrics())
+    await registry.reload()
+    mv = registry.resolve(None, None)
+    too_large = r"needs 301 rows .* at most 300 \(VAE_MAX_QUEUE\)"
+    with pytest.raises(PayloadTooLarge, match=too_large), mv.admit(301):
+        pass
+    # Alone, the largest request the budget allows; beside it, not even one row more.
+    busy = r"computing 300 rows .* needs 1 more"
+    with mv.admit(300), pytest.raises(QueueFull, match=busy), mv.admit(1):
+        pass
+    with mv.admit(200), mv.admit(100):
+        assert mv.admitted_rows == 300
+    assert mv.admitted_rows == 0
+    await registry.stop()

@@ -43,7 +43,8 @@ def test_every_api_example_works_against_the_bundled_model(tmp_path: Path) -> No
     assert (BUNDLED / "mnist").is_dir(), "the bundled model model_store/mnist is missing"
     # The examples call .venv/bin/python relative to the repository, as a reader would.
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    with serve(BUNDLED, tmp_path, VAE_RELOAD_INTERVAL_S="0") as server:
+    # VAE_ADMIN opens /admin/reload without a key, as the README's example says.
+    with serve(BUNDLED, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_ADMIN="true") as server:
         for block in api_examples():
             script = (
                 "set -euo pipefail\n"

@@ -50,6 +50,7 @@ def _version_info(mv: ModelVersion) -> dict[str, Any]:
         "likelihood": manifest.likelihood,
         "default_score": scores.choose(manifest.calibration, None),
         "scores": _score_info(mv),
+        "refused_update": mv.refused_update,
     }
 
 

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from app import inference
 from app.deps import ModelName, Version, leased, settings_of
 from app.errors import Unprocessable
-from app.inputs import NPY, read_images, read_latents
+from app.inputs import NPY, read_body, read_images, read_latents
 from app.registry import ModelVersion
 from app.render import encode_png, map_png
 from app.routes import QueryRoute
@@ -38,10 +38,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Malformed body: invalid JSON or base64, corrupt image, unreadable .npy.",
         401: "Missing or wrong API key (when VAE_API_KEY is set).",
         404: "Unknown model or version.",
-        413: "Body too large, too many images or pixels, decompression bomb.",
+        413: "Body too large, too many images or pixels, decompression bomb, more model "
+        "work than one request may need (VAE_MAX_QUEUE rows).",
         415: "Unsupported content type, or a file that is not an image.",
         422: "Wrong size, channels, range or latent length; NaN; empty batch; limits.",
-        503: "Queue full or not ready; retry after the Retry-After header.",
+        503: "Busy (VAE_MAX_QUEUE, VAE_MAX_CONCURRENCY) or not ready; retry after the "
+        "Retry-After header.",
+        504: "The request took longer than VAE_REQUEST_TIMEOUT_S.",
     }.items()
 }
 
@@ -126,19 +129,33 @@ Format = Annotated[
 Seed = Annotated[int | None, Query(ge=0, le=2**63 - 1, description="Seed for the noise.")]
 
 
+# Answers with more results are written off the event loop.
+_INLINE_RESULTS = 8
+
+
 def _headers(mv: ModelVersion) -> dict[str, str]:
     """Which model answered, for binary answers that cannot say it in their body."""
     return {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
 
 
-def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Response:
+async def _json(content: dict[str, Any], results: int) -> Response:
+    """A JSON answer; one of many results is written on a worker thread, so that
+    writing it (a millisecond for 256 encodings) does not stall the event loop."""
+    if results <= _INLINE_RESULTS:
+        return NumpyJSON(content)
+    return await run_in_threadpool(NumpyJSON, content)
+
+
+async def _pixels(mv: ModelVersion, pixels: np.ndarray, fmt: str, **extra: Any) -> Response:
     """Pixel means (N, C, H, W) as a PNG (grid for N > 1) or JSON."""
     if fmt == "json":
-        return NumpyJSON({"model": mv.name, "version": mv.version, **extra, "pixels": pixels})
+        content = {"model": mv.name, "version": mv.version, **extra, "pixels": pixels}
+        return await _json(content, len(pixels))
     headers = _headers(mv)
     if "seed" in extra:
         headers["X-Seed"] = str(extra["seed"])
-    return Response(encode_png(pixels), media_type="image/png", headers=headers)
+    png = encode_png(pixels) if len(pixels) == 1 else await run_in_threadpool(encode_png, pixels)
+    return Response(png, media_type="image/png", headers=headers)
 
 
 _ENCODE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -167,8 +184,10 @@ async def encode(
 ) -> Response:
     """Encode images to q(z|x): mean and log_var per image, and z with sample=true."""
     settings = settings_of(request)
-    with leased(request, model, version) as mv:
-        x = await read_images(request, mv.manifest, settings, resize=resize)
+    # The body first: a slow upload must not hold a version that a reload retires.
+    body = await read_body(request, settings.max_body_bytes)
+    async with leased(request, model, version) as mv:
+        x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         encoded = await inference.encode(mv, x, sample=sample, seed=seed)
         if wants_npz(request.headers.get("accept")):
             arrays = {"mean": encoded.mean, "log_var": encoded.log_var}
@@ -184,7 +203,7 @@ async def encode(
         if encoded.z is not None:
             for result, z in zip(results, np.ascontiguousarray(encoded.z), strict=True):
                 result["z"] = z
-        return NumpyJSON({"model": mv.name, "version": mv.version, "results": results})
+        return await _json({"model": mv.name, "version": mv.version, "results": results}, len(x))
 
 
 @router.post(
@@ -198,10 +217,11 @@ async def decode(
 ) -> Response:
     """Decode latents to pixel means: a PNG (a grid for several) or JSON."""
     settings = settings_of(request)
-    with leased(request, model, version) as mv:
-        z = await read_latents(request, mv.manifest.latent_dim, settings)
+    body = await read_body(request, settings.max_body_bytes)
+    async with leased(request, model, version) as mv:
+        z = await read_latents(request, mv.manifest.latent_dim, settings, body=body)
         pixels = await inference.decode(mv, z)
-        return _pixels(mv, pixels, format)
+        return await _pixels(mv, pixels, format)
 
 
 @router.get("/sample", response_model=SampleResponse, responses=_png_or_json(SampleResponse))
@@ -218,13 +238,13 @@ async def sample(
 ) -> Response:
     """Draw n images from the prior: decode z ~ N(0, temperature² I)."""
     settings = settings_of(request)
-    with leased(request, model, version) as mv:
+    async with leased(request, model, version) as mv:
         if n > settings.max_samples:
             raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
         seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
         z = inference.prior(seed, n, mv.manifest.latent_dim, temperature)
         pixels = await inference.decode(mv, z)
-        return _pixels(mv, pixels, format, seed=seed, temperature=temperature, z=z)
+        return await _pixels(mv, pixels, format, seed=seed, temperature=temperature, z=z)
 
 
 @router.post("/elbo", response_model=ElboResponse, responses=_ERRORS, openapi_extra=_IMAGES_BODY)
@@ -266,11 +286,12 @@ async def elbo(
 ) -> Response:
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
     settings = settings_of(request)
-    with leased(request, model, version) as mv:
+    body = await read_body(request, settings.max_body_bytes)
+    async with leased(request, model, version) as mv:
         # Unasked, the version's default: elbo for versions without typicality's detector.
         chosen = inference.choose_score(mv, score if "score" in request.query_params else None)
         k = inference.importance_samples(mv, chosen, k, settings.max_k)
-        x = await read_images(request, mv.manifest, settings, resize=resize)
+        x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         found = await inference.assess(mv, x, k=k, seed=seed, score=chosen, fpr=fpr)
         bounds, percentiles = found.bounds, found.percentile
         bits, entropy = found.statistics.complexity_bits, found.statistics.pixel_entropy
@@ -290,7 +311,7 @@ async def elbo(
                     "is_anomaly": None if flags is None else bool(flags[i]),
                 }
             )
-        return NumpyJSON(
+        return await _json(
             {
                 "model": mv.name,
                 "version": mv.version,
@@ -303,7 +324,8 @@ async def elbo(
                 "anomaly_threshold": limit,
                 "calibration_problem": found.problem,
                 "results": results,
-            }
+            },
+            len(results),
         )
 
 
@@ -321,8 +343,9 @@ async def elbo_map(
 ) -> Response:
     """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
     settings = settings_of(request)
-    with leased(request, model, version) as mv:
-        x = await read_images(request, mv.manifest, settings, resize=resize)
+    body = await read_body(request, settings.max_body_bytes)
+    async with leased(request, model, version) as mv:
+        x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         means, nats = await inference.reconstruct(mv, x)
         png = await run_in_threadpool(map_png, x, means, nats, zoom)
         return Response(png, media_type="image/png", headers=_headers(mv))
