@@ -4,8 +4,8 @@ Like Triton's dynamic batcher it has two knobs, `max_batch_size` and
 `max_delay`: the first waiting job opens a batch, which is run as soon as the
 queue holds `max_batch_size` rows or the first job has waited `max_delay`.
 With `max_delay` 0 (Triton's default too) a batch is whatever queued while the
-previous call ran. The model call runs on an executor thread, off the event
-loop, and its outputs are split back so every job gets exactly its own rows,
+previous call ran. The model call runs on a thread of its own (`GraphThreads`),
+off the event loop, and its outputs are split back so every job gets exactly its own rows,
 in order.
 
 Each `submit` is one job. A call is filled in turns, not first come first
@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,63 @@ class BatcherClosed(Exception):
 
 class BatcherFailed(Exception):
     """The batcher's serving task died; the message says why. The next submit restarts it."""
+
+
+class GraphThreads:
+    """Threads of their own for graph calls, shared by every batcher of the service.
+
+    Image decoding and numpy work use the event loop's default executor; graph
+    calls never queue behind them. A plain queue in, one `call_soon_threadsafe`
+    per result out: concurrent.futures' ThreadPoolExecutor, chaining its future
+    to an asyncio one both ways, cost the event loop about three times as much
+    per call (bench/profile.md). ONNX Runtime releases the GIL while it computes.
+    """
+
+    def __init__(self, threads: int, name: str = "graphs") -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._count, self._name = threads, name
+        self._threads: list[threading.Thread] = []
+
+    async def run(self, run: RunBatch, x: np.ndarray) -> Outputs:
+        if not self._threads:  # started on first use, not when the app is built
+            self._threads = [
+                threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
+                for i in range(self._count)
+            ]
+            for thread in self._threads:
+                thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._calls.put((run, x, future, loop))
+        return await future
+
+    def shutdown(self) -> None:
+        """Let the threads end once the calls queued before have run."""
+        for _ in self._threads:
+            self._calls.put(None)
+        self._threads = []
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            run, x, future, loop = call
+            try:
+                outcome: Outputs | BaseException = list(run(x))
+            except BaseException as exc:  # handed to the awaiting batcher, which logs it
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+_Call = tuple[RunBatch, np.ndarray, "asyncio.Future[Outputs]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Outputs], outcome: Outputs | BaseException) -> None:
+    if future.done():  # its batcher was cancelled
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 @dataclass(frozen=True)
@@ -102,7 +160,7 @@ class Batcher:
         max_delay_s: float,
         name: str = "batcher",
         on_batch: Callable[[BatchStats], None] | None = None,
-        executor: Executor | None = None,
+        threads: GraphThreads | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or max_delay_s < 0:
@@ -112,7 +170,7 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.name = name
         self._on_batch = on_batch
-        self._executor = executor  # None: the event loop's default executor
+        self._threads = threads  # None: the event loop's default executor
         self._clock = clock
         self._jobs: deque[_Job] = deque()  # jobs with rows not yet run, in turn order
         self._in_call: list[_Job] = []  # jobs with rows in the call in progress
@@ -222,8 +280,10 @@ class Batcher:
         else:
             x = np.concatenate([job.x[start:stop] for job, (start, stop) in batch.items()])
         try:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, x)
+            if self._threads is not None:
+                outputs = await self._threads.run(self._run_batch, x)
+            else:
+                outputs = list(await asyncio.to_thread(self._run_batch, x))
             if any(len(output) != len(x) for output in outputs):
                 raise RuntimeError(f"{self.name}: outputs do not have {len(x)} rows")
         except Exception as exc:

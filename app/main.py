@@ -20,6 +20,8 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app.auth import ApiKeyMiddleware, document_api_key
 from app.config import Settings, get_settings
+from app.deps import Deadlines
+from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
     registry = Registry(settings, metrics)
+    deadlines = Deadlines(settings.request_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,23 +57,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
         finally:
             await registry.stop()
+            await deadlines.stop()
 
     app = FastAPI(title="vae-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.deadlines = deadlines
     install_error_handlers(app)
-    # The model-bound routes and the probes join the app's own router, first,
-    # instead of being included: FastAPI dispatches an included router's routes
-    # through per-inclusion wrappers, and tries the routes in order; both cost the
-    # one-image /encode and /healthz a good part of their event-loop time
-    # (bench/profile.md).
-    app.router.routes.extend([*vae.router.routes, *ops.probes.routes])
-    app.router.routes.extend(oip_http.router.routes)  # the same, for the v2 protocol's infer
+    # The model-bound routes and the probes are the hot path: DirectRoutes hands
+    # them their requests past FastAPI's router (bench/profile.md). They join the
+    # app's own router too, for the OpenAPI schema and the requests DirectRoutes
+    # leaves to it (a wrong method, a root path).
+    hot = [*vae.router.routes, *ops.probes.routes]
+    app.router.routes.extend(hot)
+    app.router.routes.extend(oip_http.router.routes)  # first too, for the v2 protocol's infer
     for router in (models.router, ops.router):
         app.include_router(router)
     if settings.page:
         add_page(app)
+    app.add_middleware(DirectRoutes, routes=hot)  # innermost
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)

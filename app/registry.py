@@ -11,8 +11,8 @@ leaves nothing it loaded running.
 
 Each version admits a bounded amount of work (`admit`, in rows), so one
 model cannot queue more than `VAE_MAX_QUEUE` rows for its graphs; every
-graph call of every version runs on the registry's own executor, so image
-decoding on the default one never waits behind ONNX Runtime.
+graph call of every version runs on the registry's own threads, so image
+decoding on the default executor never waits behind ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.batcher import Batcher, QueueFull
+from app.batcher import Batcher, GraphThreads, QueueFull
 from app.config import Settings, available_cpus
 from app.errors import NotFound, PayloadTooLarge, Unavailable
 from app.loader import LoadedGraphs, LoadError, load_version
@@ -49,7 +48,7 @@ class ModelVersion:
         fingerprint: Fingerprint,
         settings: Settings,
         metrics: Metrics,
-        executor: Executor | None = None,
+        threads: GraphThreads | None = None,
     ) -> None:
         self.manifest: Manifest = graphs.manifest
         self.name = self.manifest.name
@@ -66,7 +65,7 @@ class ModelVersion:
                 max_delay_s=settings.max_delay_ms / 1000.0,
                 name=f"{self.label}/{role}",
                 on_batch=metrics.batch_observer(self.name, role),
-                executor=executor,
+                threads=threads,
             )
             for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder))
         )
@@ -222,11 +221,10 @@ class Registry:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
-        # ONNX Runtime calls get threads of their own: on the default executor they
-        # would queue behind image decoding (and it behind them).
-        self.executor = ThreadPoolExecutor(
-            max_workers=max(2, available_cpus()), thread_name_prefix="onnxruntime"
-        )
+        # Graph calls get threads of their own: on the default executor they would
+        # queue behind image decoding (and it behind them). Two at least, so that an
+        # encoder and a decoder call can overlap.
+        self.threads = GraphThreads(max(2, available_cpus()), name="onnxruntime")
         self.loaded_once = asyncio.Event()
         self.draining = False
         self.stopping = False
@@ -382,7 +380,7 @@ class Registry:
             device=self.settings.device,
             threads=self.settings.threads,
         )
-        mv = ModelVersion(graphs, path, fingerprint, self.settings, self.metrics, self.executor)
+        mv = ModelVersion(graphs, path, fingerprint, self.settings, self.metrics, self.threads)
         mv.start()
         self.metrics.loads.labels("loaded").inc()
         log.info("loaded %s version %d on %s from %s", name, version, mv.provider, path)
@@ -432,4 +430,4 @@ class Registry:
             versions = [mv for vs in self._table.values() for mv in vs.values()]
             self._table = {}
             await asyncio.gather(*(mv.retire() for mv in versions), self.retired())
-        self.executor.shutdown(wait=False)
+        self.threads.shutdown()

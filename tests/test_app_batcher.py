@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from app.batcher import Batcher, BatcherClosed, BatcherFailed, BatchStats
+from app.batcher import Batcher, BatcherClosed, BatcherFailed, BatchStats, GraphThreads
 
 HOUR = 3600.0  # a max_delay that never expires during a test: batches flush on size
 
@@ -303,3 +303,21 @@ def test_nonsense_knobs_are_refused() -> None:
         Batcher(Model(), max_batch_size=0, max_delay_s=0)
     with pytest.raises(ValueError):
         Batcher(Model(), max_batch_size=8, max_delay_s=-1)
+
+
+async def test_graph_threads_run_the_calls_and_hand_back_their_errors() -> None:
+    threads = GraphThreads(1)
+    batcher = await started(Batcher(Model(), max_batch_size=4, max_delay_s=0, threads=threads))
+    x = rows(6)
+    check(await batcher.submit(x), x)
+
+    def broken(x: np.ndarray) -> Sequence[np.ndarray]:
+        raise RuntimeError("the runtime broke")
+
+    failing = await started(Batcher(broken, max_batch_size=4, max_delay_s=0, threads=threads))
+    with pytest.raises(RuntimeError, match="the runtime broke"):
+        await failing.submit(rows(1))
+    check(await batcher.submit(rows(2, 7)), rows(2, 7))  # the thread serves on
+    await batcher.stop()
+    await failing.stop()
+    threads.shutdown()
