@@ -3,7 +3,7 @@
 Whatever a FastAPI + uvicorn service does per request costs at least this
 much; bench/run.py measures vae-serve's single-image /encode against it.
 
-    uvicorn --factory bench.bare_server:create_app --port 8105
+    uvicorn --factory bench.bare_server:create_app --port 8112
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from bench.loadgen import Load
 # Cell keys: (server, case, connections).
 SERVICE, UNBATCHED, NAIVE, BENTO = "vae-serve", "vae-serve, batching off", "naive", "BentoML"
 PYTRITON = "PyTriton"
+BARE = "bare FastAPI"
 # case -> (request, body) as the tables show it
 CASES = {
     "healthz": ("GET /healthz", "-"),
@@ -50,7 +51,7 @@ class Round:
     A side that was not measured is None, and so are its targets."""
 
     encode: Cell  # vae-serve POST /encode, one .npy image, 32 connections
-    healthz: Cell | None = None  # vae-serve GET /healthz, 32 connections
+    healthz: Cell | None = None  # the bare FastAPI + uvicorn app's GET /healthz, 32 connections
     in_process: float | None = None  # encoder images/s in-process at batch 256
     bulk: Cell | None = None  # vae-serve POST /encode, 256 images, .npz answer
     unbatched: Cell | None = None  # the same as `encode` with batching off
@@ -223,10 +224,15 @@ def _bulk(r: Round) -> tuple[float, float] | None:
 
 
 def targets(
-    cells: list[Cell], ceiling: Ceiling, bulk_connections: int, rounds: list[Round] | None = None
+    cells: list[Cell],
+    ceiling: Ceiling,
+    bulk_connections: int,
+    rounds: list[Round] | None = None,
+    peak_rss_mb: float | None = None,
 ) -> list[Target]:
     """The issue's targets, each from figures of this one run: medians over the rounds
-    when there are any, else the table's cells taken as one round."""
+    when there are any, else the table's cells taken as one round. `peak_rss_mb`:
+    the serving process's peak resident memory over the run."""
     if not rounds:
         ours = _find(cells, SERVICE, "encode-npy", 32)
         rounds = (
@@ -235,7 +241,7 @@ def targets(
             else [
                 Round(
                     encode=ours,
-                    healthz=_find(cells, SERVICE, "healthz", 32),
+                    healthz=_find(cells, BARE, "healthz", 32),
                     in_process=ceiling.get(("encode", 256)),
                     bulk=_find(cells, SERVICE, "encode-bulk-npz", bulk_connections),
                     unbatched=_find(cells, UNBATCHED, "encode-npy", 32),
@@ -252,7 +258,7 @@ def targets(
     batch = statistics.median(batches) if batches else None
     return [
         _paired(
-            "single-image /encode (.npy) vs the HTTP ceiling (GET /healthz), 32 conns",
+            "single-image /encode (.npy) vs a bare FastAPI + uvicorn GET /healthz, 32 conns",
             rounds,
             0.6,
             "req/s",
@@ -290,6 +296,13 @@ def targets(
             1.5,
             "req/s",
             unbatched,
+        ),
+        Target(
+            "peak RSS of the vae-serve process over the run (both bundled models loaded)",
+            "not measured" if peak_rss_mb is None else f"{peak_rss_mb:,.0f} MB",
+            peak_rss_mb,
+            "≤ 250 MB",
+            None if peak_rss_mb is None else peak_rss_mb <= 250,
         ),
     ]
 
@@ -368,7 +381,7 @@ def rounds_table(rounds: list[Round]) -> list[str]:
     ]
     header = [
         "round",
-        "GET /healthz",
+        "bare FastAPI /healthz",
         "/encode .npy",
         "batching off .npy",
         "naive JSON",
@@ -410,6 +423,9 @@ service's vae_batch_size histogram, scraped before and after the cell.
 - BentoML: bench/bento_service.py, `@bentoml.api(batchable=True,
   max_batch_size=64)` around the same encoder.onnx in ONNX Runtime with the
   service's session options; its own JSON ndarray body; access log off.
+- bare FastAPI: bench/bare_server.py, one `async def` route, GET /healthz
+  answering {"status": "ok"}, on uvicorn as vae-serve runs (one worker,
+  access log off): what any FastAPI + uvicorn service pays per request.
 - in-process: ONNX Runtime called in a loop from Python, the service's session
   options; elbo adds reparameterize, log p(x|z) and the KL in numpy (vae_contract).
 - PyTriton: bench/pytriton_service.py, Triton Inference Server (nvidia-pytriton) in

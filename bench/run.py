@@ -36,7 +36,7 @@ from PIL import Image
 from bench import report
 from bench.ceiling import ceiling
 from bench.loadgen import Body, Load, grpc_load, mean_batch, scrape, wrk
-from bench.report import BENTO, NAIVE, PYTRITON, SERVICE, UNBATCHED, Cell
+from bench.report import BARE, BENTO, NAIVE, PYTRITON, SERVICE, UNBATCHED, Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -44,7 +44,7 @@ BENTO_PYTHON = ROOT / "bench" / ".venv-bento" / "bin" / "python"
 PYTRITON_PYTHON = ROOT / "bench" / ".venv-pytriton" / "bin" / "python"
 BULK = 256  # images per bulk request
 BOUNDARY = "vaebenchboundary"
-SERVER_KEYS = ["vae-serve", "unbatched", "naive", "bentoml", "pytriton"]
+SERVER_KEYS = ["vae-serve", "unbatched", "naive", "bentoml", "pytriton", "bare"]
 V2_INFER = "/v2/models/mnist-encoder/infer"
 
 
@@ -324,6 +324,8 @@ def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server
     vae_serve = [str(bin_dir / "vae-serve"), "--port"]
     naive = [str(bin_dir / "uvicorn"), "--factory", "bench.naive_server:create_app"]
     naive += ["--log-level", "warning", "--no-access-log", "--port", "8103"]
+    bare = [str(bin_dir / "uvicorn"), "--factory", "bench.bare_server:create_app"]
+    bare += ["--log-level", "warning", "--no-access-log", "--port", "8112"]
     bento = [str(BENTO_PYTHON), "-m", "bentoml", "serve", "bench.bento_service:VaeEncoder"]
     peer_env = {"BENCH_MODEL_DIR": str(version_dir), "BENTOML_DO_NOT_TRACK": "True"}
     unbatched = {**quiet, "VAE_MAX_BATCH_SIZE": "1", "VAE_MAX_DELAY_MS": "0"}
@@ -339,6 +341,7 @@ def make_servers(store: Path, model: str, version_dir: Path) -> dict[str, Server
         "pytriton": Server(
             PYTRITON, pytriton, 8105, peer_env, ready="/v2/health/ready", grpc_port=8106
         ),
+        "bare": Server(BARE, bare, 8112, ready="/healthz"),
     }
 
 
@@ -356,6 +359,10 @@ def measure(
             bench.cell(server, "v2-binary", V2_INFER, bodies["v2.bin"], n)
         for n in conns:
             bench.cell(server, "v2-grpc", "", bodies["v2.grpc"], n, grpc=True)
+        return
+    if key == "bare":
+        for n in conns:
+            bench.cell(server, "healthz", "/healthz", Body(None), n)
         return
     if key in {"naive", "bentoml"}:
         body = bodies["naive.json" if key == "naive" else "bento.json"]
@@ -411,11 +418,13 @@ def paired_rounds(
     one = bodies["one.npy"]
     v2, v2_grpc = bodies["v2.bin"], bodies["v2.grpc"]
     single: dict[str, Callable[[], Cell]] = {
-        "healthz": lambda: cell(ours, "healthz", "/healthz", Body(None), 32),
         "encode": lambda: cell(ours, "encode-npy", "/encode", one, 32, "encoder"),
         "v2": lambda: cell(ours, "v2-binary", V2_INFER, v2, 32, "encoder"),
         "grpc": lambda: cell(ours, "v2-grpc", "", v2_grpc, 32, "encoder", grpc=True),
     }
+    if "bare" in servers:
+        bare = servers["bare"]
+        single["healthz"] = lambda: cell(bare, "healthz", "/healthz", Body(None), 32)
     if "unbatched" in servers:
         unbatched = servers["unbatched"]
         single["unbatched"] = lambda: cell(unbatched, "encode-npy", "/encode", one, 32, "encoder")
@@ -449,6 +458,15 @@ def paired_rounds(
         found.append(report.Round(in_process=rate, bulk=bulk_cell, **cells))
         print(report.rounds_table(found)[-1], flush=True)
     return found
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM) so far, in MB; None if unknown."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         bodies = write_bodies(Path(tmp), digits(args.images, BULK))
         # Every server stays up for the whole run, so the rounds can alternate between
         # them; idle, each used under 1 s of CPU in 20 s (ps, all four up).
-        for server in chosen.values():
-            up.enter_context(running(server, args.logs))
+        processes = {key: up.enter_context(running(s, args.logs)) for key, s in chosen.items()}
         print("== HTTP (wrk, 1 thread, 127.0.0.1), one server loaded at a time", flush=True)
         print("\n".join(report.http_table([])[:2]), flush=True)
         for key, server in chosen.items():
@@ -521,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.round_seconds,
                 bulk_conns=args.bulk_connections,
             )
+        rss = peak_rss_mb(processes["vae-serve"].pid) if "vae-serve" in processes else None
 
-    found = report.targets(bench.cells, rates, args.bulk_connections, rounds)
+    found = report.targets(bench.cells, rates, args.bulk_connections, rounds, rss)
     protocol = report.protocol_targets(rounds)
     text = report.document(
         machine=_machine(load),

@@ -3,6 +3,7 @@ model. Nothing here times anything; `bash bench/run.sh` does that."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from app.metrics import Metrics  # noqa: E402
 from bench import report  # noqa: E402
 from bench.loadgen import Body, Load, mean_batch, parse, wrk  # noqa: E402
 from bench.naive_server import encoder_from_onnx  # noqa: E402
-from bench.report import BENTO, NAIVE, SERVICE, UNBATCHED, Cell  # noqa: E402
+from bench.report import BARE, BENTO, NAIVE, SERVICE, UNBATCHED, Cell  # noqa: E402
 
 WRK_OUTPUT = """\
 Running 6s test @ http://127.0.0.1:8101/encode
@@ -71,7 +72,8 @@ def test_mean_batch_comes_from_the_service_histogram() -> None:
 
 def test_targets_compare_within_the_run() -> None:
     cells = [
-        Cell(SERVICE, "healthz", 32, 1, _load(3000, 20), None),
+        Cell(SERVICE, "healthz", 32, 1, _load(9000, 20), None),  # vae-serve's own: no target
+        Cell(BARE, "healthz", 32, 1, _load(3000, 20), None),
         Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5),
         Cell(SERVICE, "encode-bulk-npz", 2, 256, _load(50, 50), 64.0),
         Cell(UNBATCHED, "encode-npy", 32, 1, _load(1000, 60), 1.0),
@@ -79,9 +81,9 @@ def test_targets_compare_within_the_run() -> None:
         Cell(BENTO, "encode-json", 32, 1, _load(1500, 20), None),
     ]
     ceiling = {("encode", 256): 20_000.0}
-    found = {t.goal.split(",")[0]: t for t in report.targets(cells, ceiling, 2)}
-    assert len(found) == 6
-    http = found["single-image /encode (.npy) vs the HTTP ceiling (GET /healthz)"]
+    found = {t.goal.split(",")[0]: t for t in report.targets(cells, ceiling, 2, peak_rss_mb=260)}
+    assert len(found) == 7
+    http = found["single-image /encode (.npy) vs a bare FastAPI + uvicorn GET /healthz"]
     assert http.met and http.ratio == pytest.approx(2 / 3)
     bulk = next(t for goal, t in found.items() if goal.startswith("bulk"))
     assert not bulk.met and bulk.ratio == pytest.approx(50 * 256 / 20_000)
@@ -90,8 +92,10 @@ def test_targets_compare_within_the_run() -> None:
     assert not bento.met, "1.33× and a higher p99 miss ≥ 1.5× with a lower p99"
     assert found["mean batch size"].met
     assert found["batching on vs off (VAE_MAX_BATCH_SIZE=1)"].ratio == 2.0
+    rss = found["peak RSS of the vae-serve process over the run (both bundled models loaded)"]
+    assert rss.measured == "260 MB" and rss.met is False
     table = "\n".join(report.targets_table(list(found.values())))
-    assert table.count("**missed**") == 2
+    assert table.count("**missed**") == 3
 
 
 def test_rounds_decide_the_targets_by_their_medians() -> None:
@@ -102,7 +106,7 @@ def test_rounds_decide_the_targets_by_their_medians() -> None:
         healthz: float, encode: float, in_process: float, bulk: float, naive: float
     ) -> report.Round:
         return report.Round(
-            healthz=cell(SERVICE, "healthz", healthz, 20),
+            healthz=cell(BARE, "healthz", healthz, 20),
             encode=cell(SERVICE, "encode-npy", encode, 30),
             in_process=in_process,
             bulk=cell(SERVICE, "encode-bulk-npz", bulk, 50, images=256),
@@ -124,7 +128,7 @@ def test_rounds_decide_the_targets_by_their_medians() -> None:
         cell(NAIVE, "encode-json", 100, 90),
     ]
     found = report.targets(cells, {("encode", 256): 20_000.0}, 2, rounds)
-    http, bulk, naive, bento, batch, off = found
+    http, bulk, naive, bento, batch, off, rss = found
     assert http.ratio == pytest.approx(0.5) and not http.met
     assert "ratio per round 0.67, 0.50, 0.50" in http.measured
     assert bulk.ratio == pytest.approx(60 * 256 / 20_000) and bulk.met
@@ -133,6 +137,7 @@ def test_rounds_decide_the_targets_by_their_medians() -> None:
     assert bento.ratio == pytest.approx(2.0) and not bento.met, "its median p99 is lower"
     assert batch.ratio == 9.0 and batch.met
     assert off.ratio == pytest.approx(2.0) and off.met
+    assert rss.met is None  # not measured
     table = report.rounds_table(rounds)
     assert len(table) == 2 + 3
     assert table[-1] == (
@@ -144,7 +149,7 @@ def test_rounds_decide_the_targets_by_their_medians() -> None:
 def test_a_missing_peer_is_not_measured_rather_than_missed() -> None:
     cells = [Cell(SERVICE, "encode-npy", 32, 1, _load(2000, 30), 9.5)]
     found = report.targets(cells, {}, 2)
-    assert [t.met for t in found] == [None, None, None, None, True, None]
+    assert [t.met for t in found] == [None, None, None, None, True, None, None]
     peers = report.peers_table(cells, [32])
     assert peers[-1] == "| 32 | 2,000 (30.0) | - | - | - | - | - | - | - |"
 
@@ -204,3 +209,15 @@ def test_run_sh_runs_the_harness() -> None:
         [sys.executable, "-m", "bench.run", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0 and "--store" in done.stdout
+
+
+def test_the_bare_server_answers_healthz_and_rss_is_read_from_proc() -> None:
+    from fastapi.testclient import TestClient
+
+    from bench.bare_server import create_app
+    from bench.run import peak_rss_mb
+
+    with TestClient(create_app()) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+    rss = peak_rss_mb(os.getpid())
+    assert rss is not None and rss > 1
