@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Most requests handled at once (health checks and /metrics aside) before 503.",
     )
+    # An event loop this far behind is saturated: every request waits at least as
+    # long before it is read. Bursts a few times the loop's turn do not reach it.
+    max_lag_ms: float = Field(
+        default=100.0,
+        gt=0,
+        description="Event-loop delay beyond which new requests are answered 503 at once.",
+    )
     request_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -24,7 +24,7 @@ from app.deps import Deadlines
 from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
 from app.errors import install_error_handlers
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import LoopLag, Metrics, MetricsMiddleware
 from app.oip import grpc_service
 from app.oip import http as oip_http
 from app.protocol import HttpProtocol
@@ -47,17 +47,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = Registry(settings, metrics)
     deadlines = Deadlines(settings.request_timeout_s)
+    lag = LoopLag()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading runs in the background: /healthz answers at once, /readyz says when.
         registry.start()
+        lag.start()
         try:
             async with grpc_service(settings, registry):
                 yield
         finally:
             await registry.stop()
             await deadlines.stop()
+            await lag.stop()
 
     app = FastAPI(title="vae-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -81,7 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)
     # Outermost: counts 401s too, and sheds load before any other work.
-    app.add_middleware(MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrency)
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=metrics,
+        max_in_flight=settings.max_concurrency,
+        lag=lag,
+        max_lag_s=settings.max_lag_ms / 1000,
+    )
     return app
 
 

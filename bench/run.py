@@ -61,6 +61,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def log(self, folder: Path) -> Path:
+        """Where `running` writes the server's output."""
+        return folder / f"{self.name.split(',')[0].replace(' ', '-')}-{self.port}.log"
+
 
 def digits(path: Path, n: int) -> np.ndarray:
     """n MNIST test images, uint8 (n, 28, 28); seeded noise strokes if the file is missing."""
@@ -162,7 +166,7 @@ def _wait_ready(server: Server, process: subprocess.Popen[bytes], log: Path) -> 
 @contextlib.contextmanager
 def running(server: Server, logs: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Start `server` in its own process group, wait until it is ready, stop it after."""
-    log = logs / f"{server.name.split(',')[0].replace(' ', '-')}-{server.port}.log"
+    log = server.log(logs)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **server.env}
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -7,16 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null; then
-  echo "== installing wrk"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
-fi
-if ! .venv/bin/python -c "import app, torch, onnx" 2>/dev/null; then
-  echo "== installing the project into .venv"
-  python3 -m venv .venv && .venv/bin/pip install -q -e '.[train]'
-fi
+source bench/install.sh
 if ! bench/.venv-bento/bin/python -c "import bentoml, onnxruntime" 2>/dev/null; then
   echo "== installing BentoML into bench/.venv-bento"
   python3 -m venv bench/.venv-bento

@@ -3,6 +3,8 @@ model. Nothing here times anything; `bash bench/run.sh` does that."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from app_support import require  # noqa: E402
 
 from app.batcher import BatchStats  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from bench import report  # noqa: E402
+from bench import openloop, report  # noqa: E402
 from bench.loadgen import Body, Load, mean_batch, parse, wrk  # noqa: E402
 from bench.naive_server import encoder_from_onnx  # noqa: E402
 from bench.report import BARE, BENTO, NAIVE, SERVICE, UNBATCHED, Cell  # noqa: E402
@@ -221,3 +223,64 @@ def test_the_bare_server_answers_healthz_and_rss_is_read_from_proc() -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
     rss = peak_rss_mb(os.getpid())
     assert rss is not None and rss > 1
+
+
+class _Answers(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the open-loop client expects
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        busy = self.path == "/busy"
+        self.send_response(503 if busy else 200)
+        if busy and "retry" in self.headers.get("Content-Type", ""):
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_open_loop_client_sends_on_schedule_and_sorts_the_answers() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        streams = [
+            openloop.Stream("ok", openloop.Request("POST", "/ok", b"x", "text/plain"), 40),
+            openloop.Stream("busy", openloop.Request("POST", "/busy", b"x", "retry"), 20),
+            openloop.Stream("bare", openloop.Request("POST", "/busy", b"x", "none"), 20),
+        ]
+        port = server.server_address[1]
+        got = asyncio.run(openloop.run("127.0.0.1", port, streams, 0.5, max_connections=4))
+    finally:
+        server.shutdown()
+        server.server_close()
+    ok, busy, bare = got["ok"], got["busy"], got["bare"]
+    assert (ok.sent, busy.sent, bare.sent) == (20, 10, 10)
+    assert ok.statuses == {200: 20} and ok.failed == 0 and ok.percentile_ms(99) is not None
+    assert busy.statuses == {503: 10} and busy.failed == 0  # 503 with Retry-After: not a failure
+    assert bare.busy_without_retry_after == 10 and bare.failed == 10
+
+
+def test_load_sh_runs_the_scenarios() -> None:
+    script = (ROOT / "bench" / "load.sh").read_text()
+    assert "exec .venv/bin/python -m bench.load" in script
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert all(name in done.stdout for name in ("interference", "overload", "soak"))
+
+
+def test_the_soak_publishes_versions_as_the_trainer_does_and_keeps_two(
+    version_dir: Path, tmp_path: Path
+) -> None:
+    from bench.load import _publish_next
+
+    store = tmp_path / "store"
+    shutil.copytree(version_dir, store / "mnist" / "1")
+    assert [_publish_next(store, "mnist") for _ in range(3)] == [2, 3, 4]
+    assert sorted(p.name for p in (store / "mnist").iterdir()) == ["3", "4"]
+    assert json.loads((store / "mnist" / "4" / "manifest.json").read_text())["version"] == 4
