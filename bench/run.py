@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.config import available_cpus
 from bench import report
 from bench.ceiling import ceiling
 from bench.loadgen import Body, Load, grpc_load, mean_batch, scrape, wrk
@@ -416,7 +417,7 @@ def paired_rounds(
     round one short single-image cell per server at 32 connections, then in-process
     ONNX Runtime and the bulk cell; odd rounds in the reverse order. This VM's speed
     swings within seconds, so many short rounds pair better than a few long cells."""
-    threads = len(os.sched_getaffinity(0))
+    threads = available_cpus()  # as the service sizes its sessions
     ours = servers["vae-serve"]
     cell = functools.partial(bench.measure, seconds=seconds, warmup=0)
     one = bodies["one.npy"]
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {version_dir}; {args.seconds:g} s per cell after {args.warmup:g} s of warm-up")
 
     print("== in-process ONNX Runtime", flush=True)
-    threads = len(os.sched_getaffinity(0))
+    threads = available_cpus()
     rates = ceiling(version_dir, [1, 8, 64, BULK], threads=threads, seconds=args.seconds / 4)
     print("\n".join(report.ceiling_table(rates)), flush=True)
 
