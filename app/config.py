@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="Longest a request may take once its body has arrived, queue included (504).",
+        description="Longest a request may take from its arrival, upload and queue included (504).",
     )
     max_images_per_request: int = Field(
         default=256, ge=1, description="Most images in one request."

@@ -81,13 +81,6 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
-class DeadlineExceeded(ServiceError):
-    """The request ran out of its time (VAE_REQUEST_TIMEOUT_S); its work not yet started
-    was dropped."""
-
-    status_code = 504
-
-
 RETRY_AFTER_S = "1"
 
 

@@ -20,13 +20,13 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app.auth import ApiKeyMiddleware, document_api_key
 from app.config import Settings, get_settings
-from app.deps import Deadlines
 from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
 from app.errors import install_error_handlers
-from app.metrics import LoopLag, Metrics, MetricsMiddleware
+from app.metrics import Metrics, MetricsMiddleware
 from app.oip import grpc_service
 from app.oip import http as oip_http
+from app.overload import Deadlines, LoopLag, OverloadMiddleware
 from app.protocol import HttpProtocol
 from app.registry import Registry
 from app.routes import models, ops, vae
@@ -66,7 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.deadlines = deadlines
     install_error_handlers(app)
     # The model-bound routes and the probes are the hot path: DirectRoutes hands
     # them their requests past FastAPI's router (bench/profile.md). They join the
@@ -83,14 +82,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)
-    # Outermost: counts 401s too, and sheds load before any other work.
     app.add_middleware(
-        MetricsMiddleware,
+        OverloadMiddleware,
         metrics=metrics,
         max_in_flight=settings.max_concurrency,
-        lag=lag,
         max_lag_s=settings.max_lag_ms / 1000,
+        lag=lag,
+        deadlines=deadlines,
     )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s, 503s too
     return app
 
 

@@ -8,7 +8,6 @@ batch, per load) use prometheus_client's metric objects as they are.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -119,8 +118,7 @@ class Metrics:
         )
         self.shed = Counter(
             "vae_http_requests_shed",
-            "Requests answered 503 at once: VAE_MAX_CONCURRENCY in flight, or the event "
-            "loop behind by more than VAE_MAX_LAG_MS.",
+            "Requests answered 503 at once (app/overload.py).",
             registry=r,
         )
 
@@ -142,105 +140,22 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class LoopLag:
-    """How far behind the event loop runs: a task asks to wake every `interval_s` and
-    records how late it woke, twice in a row (one slow step is not saturation).
-
-    On an event-loop server this is the queue that counts: a request that arrives
-    while the loop is 0.1 s behind waits at least that long before it is even read,
-    however few requests the app holds (the others wait in socket buffers).
-    """
-
-    def __init__(self, interval_s: float = 0.025) -> None:
-        self.interval_s = interval_s
-        self.lag_s = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="loop-lag")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = 0.0
-        while True:
-            asked = loop.time()
-            await asyncio.sleep(self.interval_s)
-            late = loop.time() - asked - self.interval_s
-            self.lag_s, last = min(late, last), late
-
-
-# Answered however busy the service is: orchestrators and scrapers must see it.
-UNCAPPED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-def _busy(why: str) -> tuple[Message, Message]:
-    body = f'{{"detail":"server busy: {why}; retry shortly"}}'.encode()
-    start: Message = {
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-        ],
-    }
-    return start, {"type": "http.response.body", "body": body}
-
-
-_TOO_MANY = _busy("too many requests in progress (VAE_MAX_CONCURRENCY)")
-_BEHIND = _busy("it is behind on the requests it has (VAE_MAX_LAG_MS)")
-
-
 class MetricsMiddleware:
-    """Counts and times every HTTP request by route template and status, and sheds
-    load: with `max_in_flight` requests in progress, or the event loop more than
-    `max_lag_s` behind with a quarter of that in progress, the next request is
-    answered 503 at once (health checks and /metrics excepted), before any work
-    is spent on it.
+    """Counts and times every HTTP request by route template and status.
 
-    Pure ASGI, and one place that counts requests in flight, so shedding costs
-    two comparisons. Labels use the route's path template (`/models/{name}`),
-    never the raw path, so clients cannot blow up the label cardinality.
+    Pure ASGI. Labels use the route's path template (`/models/{name}`), never
+    the raw path, so clients cannot blow up the label cardinality.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Metrics,
-        max_in_flight: int,
-        lag: LoopLag | None = None,
-        max_lag_s: float = 0.0,
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
         self.http = metrics.http
-        self.max_in_flight = max_in_flight
-        self.lag = lag
-        self.max_lag_s = max_lag_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         http = self.http
-        # Behind, and busy: a quarter of the cap in flight at least, so that a loop
-        # slowed by something else (a noisy machine, a long step) sheds no one.
-        behind = (
-            self.lag is not None
-            and self.lag.lag_s > self.max_lag_s
-            and http.in_flight >= self.max_in_flight // 4
-        )
-        if (http.in_flight >= self.max_in_flight or behind) and scope["path"] not in UNCAPPED_PATHS:
-            self.metrics.shed.inc()
-            start, body = _BEHIND if behind else _TOO_MANY
-            await send(start)
-            await send(body)
-            return
         started = time.perf_counter()
         status = 500  # what the client sees if the app raises before answering
 

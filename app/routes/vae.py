@@ -186,7 +186,7 @@ async def encode(
     settings = settings_of(request)
     # The body first: a slow upload must not hold a version that a reload retires.
     body = await read_body(request, settings.max_body_bytes)
-    async with leased(request, model, version) as mv:
+    with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         encoded = await inference.encode(mv, x, sample=sample, seed=seed)
         if wants_npz(request.headers.get("accept")):
@@ -218,7 +218,7 @@ async def decode(
     """Decode latents to pixel means: a PNG (a grid for several) or JSON."""
     settings = settings_of(request)
     body = await read_body(request, settings.max_body_bytes)
-    async with leased(request, model, version) as mv:
+    with leased(request, model, version) as mv:
         z = await read_latents(request, mv.manifest.latent_dim, settings, body=body)
         pixels = await inference.decode(mv, z)
         return await _pixels(mv, pixels, format)
@@ -238,7 +238,7 @@ async def sample(
 ) -> Response:
     """Draw n images from the prior: decode z ~ N(0, temperature² I)."""
     settings = settings_of(request)
-    async with leased(request, model, version) as mv:
+    with leased(request, model, version) as mv:
         if n > settings.max_samples:
             raise Unprocessable(f"n={n} is above the limit of {settings.max_samples}")
         seed = secrets.randbits(63) if seed is None else seed  # reported back, so reproducible
@@ -287,7 +287,7 @@ async def elbo(
     """Score images: ELBO, reconstruction, KL, bits/dim, an anomaly score and flag per image."""
     settings = settings_of(request)
     body = await read_body(request, settings.max_body_bytes)
-    async with leased(request, model, version) as mv:
+    with leased(request, model, version) as mv:
         # Unasked, the version's default: elbo for versions without typicality's detector.
         chosen = inference.choose_score(mv, score if "score" in request.query_params else None)
         k = inference.importance_samples(mv, chosen, k, settings.max_k)
@@ -344,7 +344,7 @@ async def elbo_map(
     """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
     settings = settings_of(request)
     body = await read_body(request, settings.max_body_bytes)
-    async with leased(request, model, version) as mv:
+    with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         means, nats = await inference.reconstruct(mv, x)
         png = await run_in_threadpool(map_png, x, means, nats, zoom)
