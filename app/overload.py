@@ -5,13 +5,15 @@ spent on a request when VAE_MAX_CONCURRENCY requests are in progress, or when
 the event loop runs VAE_MAX_LAG_MS behind with a quarter of that in progress;
 and 504 when a request has taken VAE_REQUEST_TIMEOUT_S since it arrived (its
 upload included), cancelling it so that its batcher jobs drop the rows that
-had not run. /healthz, /readyz and /metrics are never refused: orchestrators
-and scrapers must see a busy service.
+had not run. The probes (the v2 protocol's too) and /metrics are never refused:
+orchestrators and scrapers must see a busy service. Answers are JSON in the
+caller's shape: {"detail": ...}, or {"error": ...} under /v2 (as app/auth.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -19,7 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
 
-UNGUARDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNGUARDED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 
 
 class LoopLag:
@@ -106,13 +110,20 @@ class Deadlines:
             task.cancel()
 
 
-def _answer(status: int, detail: str) -> tuple[Message, Message]:
-    body = f'{{"detail":"{detail}"}}'.encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if status == 503:
-        headers.append((b"retry-after", b"1"))
-    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
-    return start, {"type": "http.response.body", "body": body}
+Answer = dict[bool, tuple[Message, Message]]  # under /v2 or not -> start, body
+
+
+def _answer(status: int, sentence: str) -> Answer:
+    """The two messages of a JSON answer, in both shapes, written once."""
+    answers: Answer = {}
+    for v2, key in ((False, "detail"), (True, "error")):
+        body = json.dumps({key: sentence}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
+        start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+        answers[v2] = (start, {"type": "http.response.body", "body": body})
+    return answers
 
 
 _TOO_MANY = _answer(
@@ -159,7 +170,7 @@ class OverloadMiddleware:
         behind = self.lag.lag_s > self.max_lag_s and self.in_flight >= self.max_in_flight // 4
         if busy or behind:
             self.metrics.shed.inc()
-            for message in _TOO_MANY if busy else _BEHIND:
+            for message in (_TOO_MANY if busy else _BEHIND)[scope["path"].startswith("/v2")]:
                 await send(message)
             return
         task = asyncio.current_task()
@@ -183,7 +194,7 @@ class OverloadMiddleware:
                 raise  # not ours: the server is shutting down, say
             task.uncancel()
             if not started:
-                for message in self._timed_out:
+                for message in self._timed_out[scope["path"].startswith("/v2")]:
                     await send(message)
         finally:
             self.in_flight -= 1

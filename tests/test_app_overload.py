@@ -73,7 +73,10 @@ async def test_requests_beyond_the_cap_or_a_loop_far_behind_are_shed_but_probes_
     behind = await call(app, "/encode")
     assert behind[0]["status"] == 503 and "VAE_MAX_LAG_MS" in detail(behind)
     assert (await call(app, "/metrics"))[0]["status"] == 200
-    assert metric(metrics.render().decode(), "vae_http_requests_shed_total") == 2
+    assert (await call(app, "/v2/health/ready"))[0]["status"] == 200
+    v2 = await call(app, "/v2/models/mnist-encoder/infer")  # the protocol's own error shape
+    assert v2[0]["status"] == 503 and "VAE_MAX_LAG_MS" in json.loads(v2[1]["body"])["error"]
+    assert metric(metrics.render().decode(), "vae_http_requests_shed_total") == 3
     await app.deadlines.stop()
 
 
