@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hot = [*vae.router.routes, *ops.probes.routes]
     app.router.routes.extend(hot)
     app.router.routes.extend(oip_http.router.routes)  # first too, for the v2 protocol's infer
+    hot += oip_http.infer_routes
     for router in (models.router, ops.router):
         app.include_router(router)
     if settings.page:

@@ -145,23 +145,37 @@ def test_a_version_added_to_the_store_is_served_without_a_restart(
         assert http.post("/encode?version=1", content=body, headers=NPY).json()["version"] == 1
 
 
+def _v2_body(x: np.ndarray) -> bytes:
+    tensor = {"name": "x", "datatype": "UINT8", "shape": list(x.shape), "data": x.ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+@pytest.mark.parametrize("api", ["native", "v2"])
 def test_a_slow_upload_holds_no_version_through_a_reload(
-    model_store: Path, tmp_path: Path, digits: np.ndarray
+    model_store: Path, tmp_path: Path, digits: np.ndarray, api: str
 ) -> None:
     """A request reads its body before it leases a version: a reload retires the
     version at once (its batchers stop, its memory can go) while a slow upload is
-    still arriving, and the upload, once complete, is served by the new version."""
+    still arriving, and the upload, once complete, is served by the new version.
+    The same through the Open Inference Protocol's infer."""
     store = tmp_path / "model_store"
     shutil.copytree(model_store, store)
     with (
         serve(store, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_ADMIN="true") as served,
         httpx.Client(base_url=served.url, timeout=30) as http,
     ):
-        body = npy(digits[:2])
+        if api == "native":
+            path, kind, body = "/elbo", "application/x-npy", npy(digits[:2])
+        else:
+            path, kind, body = (
+                "/v2/models/mnist-encoder/infer",
+                "application/json",
+                _v2_body(digits[:2]),
+            )
         host, port = served.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as upload:
             upload.sendall(
-                b"POST /elbo HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-npy\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {kind}\r\n".encode()
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body[:200]
             )
@@ -186,5 +200,9 @@ def test_a_slow_upload_holds_no_version_through_a_reload(
                 answer += chunk
         head, _, payload = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), answer[:500]
-        assert json.loads(payload)["version"] == 2
-        assert len(json.loads(payload)["results"]) == 2
+        found = json.loads(payload)
+        if api == "native":
+            assert found["version"] == 2 and len(found["results"]) == 2
+        else:
+            assert found["model_version"] == "2"
+            assert [o["shape"][0] for o in found["outputs"]] == [2, 2]  # mean, log_var

@@ -151,9 +151,10 @@ async def _infer(request: Request, name: str, version: str) -> Response:
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
         )
+    # The body first: a slow upload holds no version (as the native routes).
+    body = await read_body(request, settings.max_body_bytes)
+    parsed = parse(body, request.headers.get(HEADER_LENGTH))
     with models.leased(registry_of(request), name, version) as target:
-        body = await read_body(request, settings.max_body_bytes)
-        parsed = parse(body, request.headers.get(HEADER_LENGTH))
         answer = await models.infer(
             target, parsed.inputs, parsed.parameters, settings, parsed.outputs
         )
@@ -173,6 +174,12 @@ async def infer(request: Request, name: str) -> Response:
 async def infer_version(request: Request, name: str, version: str) -> Response:
     """Inference on one version."""
     return await _infer(request, name, version)
+
+
+# The hot path: app.dispatch.DirectRoutes hands these their requests past the router.
+infer_routes = [
+    route for route in router.routes if getattr(route, "endpoint", None) in (infer, infer_version)
+]
 
 
 @router.api_route(
