@@ -15,7 +15,6 @@ writes it to bench/load-<scenario>.md, each figure against its goal.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import json
@@ -173,15 +172,16 @@ def interference(args: argparse.Namespace, logs: Path) -> Report:
         encode_rate, iwae_rate = args.encode_share * light, args.iwae_share * heavy
         host, port = "127.0.0.1", served.server.port
         alone, beside, both = Outcome(), Outcome(), Outcome()
+        client_cores: list[float] = []
         for _ in range(args.rounds):  # alternated, so both phases see the same machine
-            got = asyncio.run(
-                openloop.run(host, port, [Stream("encode", encode, encode_rate)], args.seconds)
-            )
+            encode_only = [Stream("encode", encode, encode_rate)]
+            got, cores = openloop.drive(host, port, encode_only, args.seconds)
             _merge(alone, got["encode"])
             streams = [Stream("encode", encode, encode_rate), Stream("iwae", iwae, iwae_rate)]
-            got = asyncio.run(openloop.run(host, port, streams, args.seconds))
+            got, cores_beside = openloop.drive(host, port, streams, args.seconds)
             _merge(beside, got["encode"])
             _merge(both, got["iwae"])
+            client_cores += [cores, cores_beside]
         tracebacks = served.tracebacks()
     p99_alone, p99_beside = alone.percentile_ms(99), beside.percentile_ms(99)
     ratio = None if not p99_alone or p99_beside is None else p99_beside / p99_alone
@@ -197,6 +197,7 @@ def interference(args: argparse.Namespace, logs: Path) -> Report:
         _outcome_line("/encode beside score=iwae", beside),
         _outcome_line("score=iwae", both),
         f"- tracebacks in the server log: {tracebacks}",
+        _client_line(max(client_cores)),
     ]
     report.goal(
         "one-image /encode p99 beside score=iwae ≤ 2 × its p99 alone",
@@ -218,15 +219,14 @@ def overload(args: argparse.Namespace, logs: Path) -> Report:
         rate = args.factor * light
         with Memory(served.pid) as memory:
             before = memory.now_mb()
-            got = asyncio.run(
-                openloop.run(
-                    "127.0.0.1",
-                    served.server.port,
-                    [Stream("encode", request, rate)],
-                    args.seconds,
-                    max_connections=args.connections,
-                )
-            )["encode"]
+            outcomes, client = openloop.drive(
+                "127.0.0.1",
+                served.server.port,
+                [Stream("encode", request, rate)],
+                args.seconds,
+                max_connections=args.connections,
+            )
+            got = outcomes["encode"]
             after = memory.now_mb()
         peak = max((mb for _, mb in memory.samples), default=after)
         alive, tracebacks = served.alive(), served.tracebacks()
@@ -242,6 +242,7 @@ def overload(args: argparse.Namespace, logs: Path) -> Report:
         f"- resident memory: {before:.0f} MB before, {peak:.0f} MB at the peak, "
         f"{after:.0f} MB after",
         f"- server alive after the run: {alive}; tracebacks in its log: {tracebacks}",
+        _client_line(client),
     ]
     only = set(got.statuses) <= {200, 503} and got.failed == 0
     report.goal(
@@ -305,11 +306,10 @@ def soak(args: argparse.Namespace, logs: Path) -> Report:
             thread = threading.Thread(target=publisher, daemon=True)
             thread.start()
             try:
-                got = asyncio.run(
-                    openloop.run(
-                        "127.0.0.1", served.server.port, [Stream("encode", request, rate)], seconds
-                    )
-                )["encode"]
+                outcomes, client = openloop.drive(
+                    "127.0.0.1", served.server.port, [Stream("encode", request, rate)], seconds
+                )
+                got = outcomes["encode"]
             finally:
                 stop.set()
                 thread.join()
@@ -336,6 +336,7 @@ def soak(args: argparse.Namespace, logs: Path) -> Report:
         if warm
         else "- resident memory: no samples after the warm-up",
         f"- server alive after the run: {alive}; tracebacks in its log: {tracebacks}",
+        _client_line(client),
     ]
     failed = got.sent - got.ok
     report.goal("0 failed requests", f"{failed} of {got.sent}", failed == 0)
@@ -355,6 +356,16 @@ def _merge(into: Outcome, other: Outcome) -> None:
     into.busy_without_retry_after += other.busy_without_retry_after
     for status, values in other.latencies.items():
         into.latencies.setdefault(status, []).extend(values)
+    for status, values in other.server_latencies.items():
+        into.server_latencies.setdefault(status, []).extend(values)
+
+
+def _client_line(cores: float) -> str:
+    """The load generator shares the machine with the server: say how much it took."""
+    return (
+        f"- the load generator itself used {cores:.2f} of this machine's "
+        f"{len(os.sched_getaffinity(0))} cores (at its busiest phase)"
+    )
 
 
 SCENARIOS = {"interference": interference, "overload": overload, "soak": soak}

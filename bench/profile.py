@@ -39,7 +39,7 @@ CASES = {  # case -> (path, body file); as bench/run.py sends them
     "healthz": ("/healthz", None),
     "encode-npy": ("/encode", "one.npy"),
     "encode-png": ("/encode", "one.multipart"),
-    "elbo-npy": ("/elbo", "one.npy"),
+    "elbo-npy": ("/elbo?score=elbo", "one.npy"),
     "encode-bulk": ("/encode", "bulk.npy"),
     "encode-bulk-npz": ("/encode", "bulk.npy>npz"),
     "v2-binary": ("/v2/models/mnist-encoder/infer", "v2.bin"),  # the v2 protocol, 1 image
