@@ -11,6 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.errors import error_key
 from app.routes import page
 
 # Orchestrators probe these without credentials.
@@ -48,10 +49,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         sentence = "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
-        # The v2 protocol's clients read its own error shape.
-        key = "error" if scope["path"].startswith("/v2") else "detail"
         response = JSONResponse(
-            {key: sentence},
+            {error_key(scope["path"]): sentence},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )

@@ -84,6 +84,12 @@ class Forbidden(ServiceError):
 RETRY_AFTER_S = "1"
 
 
+def error_key(path: str) -> str:
+    """The key of an error's sentence in a JSON answer to `path`: the v2 protocol's
+    clients (tritonclient, KServe's) read "error", the native API's read "detail"."""
+    return "error" if path.startswith("/v2") else "detail"
+
+
 def known_failure(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
     """The status, sentence and headers to answer a known failure with; None for a bug.
     Both the native API ({"detail": ...}) and the v2 protocol ({"error": ...}) use it."""

@@ -7,7 +7,7 @@ and 504 when a request has taken VAE_REQUEST_TIMEOUT_S since it arrived (its
 upload included), cancelling it so that its batcher jobs drop the rows that
 had not run. The probes (the v2 protocol's too) and /metrics are never refused:
 orchestrators and scrapers must see a busy service. Answers are JSON in the
-caller's shape: {"detail": ...}, or {"error": ...} under /v2 (as app/auth.py).
+caller's shape: {"detail": ...}, or {"error": ...} under /v2 (app.errors.error_key).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.auth import OPEN_PATHS
+from app.errors import RETRY_AFTER_S, error_key
 from app.metrics import Metrics
 
-UNGUARDED_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
-)
+UNGUARDED_PATHS = OPEN_PATHS | {"/metrics"}
 
 
 class LoopLag:
@@ -110,19 +110,19 @@ class Deadlines:
             task.cancel()
 
 
-Answer = dict[bool, tuple[Message, Message]]  # under /v2 or not -> start, body
+Answer = dict[str, tuple[Message, Message]]  # error_key -> start, body
 
 
 def _answer(status: int, sentence: str) -> Answer:
     """The two messages of a JSON answer, in both shapes, written once."""
     answers: Answer = {}
-    for v2, key in ((False, "detail"), (True, "error")):
+    for key in ("detail", "error"):
         body = json.dumps({key: sentence}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if status == 503:
-            headers.append((b"retry-after", b"1"))
+            headers.append((b"retry-after", RETRY_AFTER_S.encode()))
         start: Message = {"type": "http.response.start", "status": status, "headers": headers}
-        answers[v2] = (start, {"type": "http.response.body", "body": body})
+        answers[key] = (start, {"type": "http.response.body", "body": body})
     return answers
 
 
@@ -170,7 +170,7 @@ class OverloadMiddleware:
         behind = self.lag.lag_s > self.max_lag_s and self.in_flight >= self.max_in_flight // 4
         if busy or behind:
             self.metrics.shed.inc()
-            for message in (_TOO_MANY if busy else _BEHIND)[scope["path"].startswith("/v2")]:
+            for message in (_TOO_MANY if busy else _BEHIND)[error_key(scope["path"])]:
                 await send(message)
             return
         task = asyncio.current_task()
@@ -194,7 +194,7 @@ class OverloadMiddleware:
                 raise  # not ours: the server is shutting down, say
             task.uncancel()
             if not started:
-                for message in self._timed_out[scope["path"].startswith("/v2")]:
+                for message in self._timed_out[error_key(scope["path"])]:
                     await send(message)
         finally:
             self.in_flight -= 1
