@@ -34,6 +34,12 @@ MNIST_TEST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 # Set by .ci/run, which installs every system tool the tests use (.ci/system).
 IN_CI = os.environ.get("VAE_CI") == "1"
+BUNDLED_STORE = ROOT / "model_store"
+
+
+def bundled_version(name: str = "mnist") -> int:
+    """The newest version of a bundled model: the one the service serves unpinned."""
+    return max(int(p.name) for p in (BUNDLED_STORE / name).iterdir() if p.name.isdigit())
 
 
 def require(available: bool, reason: str) -> None:

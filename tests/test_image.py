@@ -29,6 +29,7 @@ import tritonclient.grpc as tgrpc
 from app_support import (
     STARTUP_S,
     Reference,
+    bundled_version,
     free_port,
     image_file,
     npy,
@@ -172,7 +173,8 @@ def served(image: str) -> Iterator[Container]:
 
 @pytest.fixture(scope="module")
 def reference() -> Reference:
-    return Reference(ROOT / "model_store" / "mnist" / "1")  # the store the image bundles
+    # The image bundles the store, and serves its newest mnist version when none is asked.
+    return Reference(ROOT / "model_store" / "mnist" / str(bundled_version()))
 
 
 # --- the image --------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_encode_and_elbo_equal_the_onnx_files_run_directly(
     with httpx.Client(base_url=served.url, timeout=30) as http:
         encoded = http.post("/encode", content=npy(digits), headers=NPY).json()
         scored = http.post("/elbo?k=4&seed=3", content=npy(digits), headers=NPY).json()
-    assert (encoded["model"], encoded["version"]) == ("mnist", 1)
+    assert (encoded["model"], encoded["version"]) == ("mnist", bundled_version())
     mean, log_var = reference.encode(x)
     np.testing.assert_allclose([r["mean"] for r in encoded["results"]], mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
@@ -219,7 +221,7 @@ def test_the_open_inference_protocol_answers_over_http_and_grpc(
     mean, log_var = reference.encode(reference.x(digits))
     np.testing.assert_allclose(result.as_numpy("mean"), mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.as_numpy("log_var"), log_var, rtol=1e-5, atol=1e-6)
-    assert result.get_response().model_version == "1"
+    assert result.get_response().model_version == str(bundled_version())
 
 
 def test_it_runs_as_the_non_root_user(served: Container) -> None:

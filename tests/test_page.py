@@ -1,6 +1,6 @@
 """The page at `/`, in a real browser (Debian's chromium through Playwright) against
-vae-serve on 127.0.0.1 serving the bundled models (model_store/: mnist/1 and
-fashion-mnist/1).
+vae-serve on 127.0.0.1 serving the bundled models (model_store/: mnist and
+fashion-mnist, each at its newest version).
 
 Each test opens the page in a fresh browser context and, at its end, checks that no
 request left the service and that the console showed no error (but the HTTP error
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from app_support import ROOT, Server, image_file, read_mnist, require, serve
+from app_support import ROOT, Server, bundled_version, image_file, read_mnist, require, serve
 from page_browser import CHROMIUM, PHONE, SEVEN, Visit, chromium, stroke, visit
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
@@ -216,7 +216,7 @@ def test_a_sample_grid_comes_back_from_its_link(seen: Visit, server: Server) -> 
     assert seed.isdigit()
     link = page.get_attribute("#sample-link", "href")
     assert link is not None and f"seed={seed}" in link and "n=4" in link
-    assert "temperature=0.8" in link and "version=1" in link
+    assert "temperature=0.8" in link and f"version={bundled_version()}" in link
 
     again = seen.context.new_page()
     again.goto(link)
