@@ -28,6 +28,8 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from trainer import store  # torch-free: the store's layout, written once
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MNIST_TEST_IMAGES = SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -39,7 +41,7 @@ BUNDLED_STORE = ROOT / "model_store"
 
 def bundled_version(name: str = "mnist") -> int:
     """The newest version of a bundled model: the one the service serves unpinned."""
-    return max(int(p.name) for p in (BUNDLED_STORE / name).iterdir() if p.name.isdigit())
+    return store.versions(BUNDLED_STORE / name)[-1]
 
 
 def require(available: bool, reason: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 from app_support import (
+    BUNDLED_STORE,
     STARTUP_S,
     Reference,
     bundled_version,
@@ -174,7 +175,7 @@ def served(image: str) -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def reference() -> Reference:
     # The image bundles the store, and serves its newest mnist version when none is asked.
-    return Reference(ROOT / "model_store" / "mnist" / str(bundled_version()))
+    return Reference(BUNDLED_STORE / "mnist" / str(bundled_version()))
 
 
 # --- the image --------------------------------------------------------------------

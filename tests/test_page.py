@@ -18,12 +18,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from app_support import ROOT, Server, bundled_version, image_file, read_mnist, require, serve
+from app_support import (
+    BUNDLED_STORE,
+    Server,
+    bundled_version,
+    image_file,
+    read_mnist,
+    require,
+    serve,
+)
 from page_browser import CHROMIUM, PHONE, SEVEN, Visit, chromium, stroke, visit
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-BUNDLED = ROOT / "model_store"
 MNIST_SIDE = 28  # both bundled models take 28×28 grey images
 
 
@@ -38,7 +45,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve(BUNDLED, tmp_path_factory.mktemp("page"), VAE_RELOAD_INTERVAL_S="0") as server:
+    with serve(BUNDLED_STORE, tmp_path_factory.mktemp("page"), VAE_RELOAD_INTERVAL_S="0") as server:
         yield server
 
 
@@ -306,7 +313,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_keeps_it(
     browser: Browser, tmp_path: Path
 ) -> None:
     with (
-        serve(BUNDLED, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_API_KEY="s3cret") as keyed,
+        serve(BUNDLED_STORE, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_API_KEY="s3cret") as keyed,
         checked_visit(browser, keyed.url) as seen,
     ):
         seen.expect_status(401)

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from app_support import ROOT, serve
+from app_support import BUNDLED_STORE, ROOT, serve
 
 README = ROOT / "README.md"
-BUNDLED = ROOT / "model_store"
 
 
 def api_examples() -> list[str]:
@@ -40,11 +39,11 @@ def test_the_api_section_has_examples_for_every_endpoint() -> None:
 
 @pytest.mark.slow
 def test_every_api_example_works_against_the_bundled_model(tmp_path: Path) -> None:
-    assert (BUNDLED / "mnist").is_dir(), "the bundled model model_store/mnist is missing"
+    assert (BUNDLED_STORE / "mnist").is_dir(), "the bundled model model_store/mnist is missing"
     # The examples call .venv/bin/python relative to the repository, as a reader would.
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
     # VAE_ADMIN opens /admin/reload without a key, as the README's example says.
-    with serve(BUNDLED, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_ADMIN="true") as server:
+    with serve(BUNDLED_STORE, tmp_path, VAE_RELOAD_INTERVAL_S="0", VAE_ADMIN="true") as server:
         for block in api_examples():
             script = (
                 "set -euo pipefail\n"
