@@ -40,13 +40,14 @@ Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a ve
 
 
 def _both(
-    metrics: Callable[[BatchStats], None], statistics: Callable[[BatchStats], None]
+    first: Callable[[BatchStats], None], second: Callable[[BatchStats], None]
 ) -> Callable[[BatchStats], None]:
-    """One record of each graph call, read by the Prometheus metrics and by the statistics."""
+    """One record of each graph call, read twice: by the Prometheus metrics and by the
+    per-model statistics (app.statistics)."""
 
     def observe(stats: BatchStats) -> None:
-        metrics(stats)
-        statistics(stats)
+        first(stats)
+        second(stats)
 
     return observe
 
