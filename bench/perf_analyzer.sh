@@ -12,6 +12,7 @@
 set -euo pipefail
 
 tools="${PERF_ANALYZER_HOME:-$(cd "$(dirname "$0")" && pwd)/.perf_analyzer}"
+python="${PYTHON:-python3}"  # any Python with pip: it only downloads and unpacks
 wheels=(tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79)
 
 if [ ! -x "$tools/perf_analyzer" ]; then
@@ -26,10 +27,10 @@ if [ ! -x "$tools/perf_analyzer" ]; then
   echo "== setting up perf_analyzer in $tools" >&2
   staging="$(mktemp -d "${tools%/*}/.perf_analyzer.XXXXXX")"
   trap 'rm -rf "$staging"' EXIT
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+  "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux1_x86_64 --platform manylinux2014_x86_64 \
     --dest "$staging/wheels" "${wheels[@]}" 2>&1 | grep -v "is ignored" >&2 || true
-  python3 - "$staging" <<'EOF'
+  "$python" - "$staging" <<'EOF'
 import sys
 import zipfile
 from pathlib import Path

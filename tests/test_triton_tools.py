@@ -6,8 +6,10 @@ the model configuration, the statistics and the repository index, and perf_analy
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,7 +280,10 @@ def test_the_repository_index_refuses_a_bad_body(served: Served) -> None:
 def perf_analyzer() -> Path:
     """bench/perf_analyzer.sh's tool folder, set up (downloads two wheels the first time)."""
     script = ROOT / "bench" / "perf_analyzer.sh"
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     require(done.returncode == 0, f"perf_analyzer could not be set up: {done.stderr[-500:]}")
     return script
 
