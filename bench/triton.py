@@ -41,8 +41,11 @@ class Cell:
     throughput: float = 0.0  # inferences (images) per second
     p50_ms: float = 0.0
     p99_ms: float = 0.0
-    queue_ms: float = 0.0  # server side, per request
-    compute_ms: float = 0.0
+    # Server side, per request, from its statistics: queue, the model's compute
+    # (compute_infer), and the rest of compute (compute_input and compute_output).
+    queue_ms: float = 0.0
+    infer_ms: float = 0.0
+    other_ms: float = 0.0
     error: str = ""
 
 
@@ -64,8 +67,9 @@ def measure(
             timeout=300,
         )  # fmt: skip
         if done.returncode != 0 or not report.exists():
-            lines = [line for line in done.stdout.splitlines() if "error" in line.lower()]
-            why = (lines or done.stderr.splitlines() or ["no report"])[-1].strip()
+            said = [line.strip() for line in (done.stdout + done.stderr).splitlines()]
+            errors = [line for line in said if "error" in line.lower()]
+            why = (errors or [line for line in said if line] or ["no report"])[-1]
             return Cell(server, protocol, concurrency, batch, error=why)
         (row,) = list(csv.DictReader(report.open()))
     us = 1e-3
@@ -78,10 +82,8 @@ def measure(
         p50_ms=float(row["p50 latency"]) * us,
         p99_ms=float(row["p99 latency"]) * us,
         queue_ms=float(row["Server Queue"]) * us,
-        compute_ms=sum(
-            float(row[f"Server Compute {part}"]) for part in ("Input", "Infer", "Output")
-        )
-        * us,
+        infer_ms=float(row["Server Compute Infer"]) * us,
+        other_ms=(float(row["Server Compute Input"]) + float(row["Server Compute Output"])) * us,
     )
 
 
@@ -92,14 +94,14 @@ def _cell(cell: Cell) -> list[str]:
         f"{cell.throughput:.0f}",
         f"{cell.p50_ms:.1f}",
         f"{cell.p99_ms:.1f}",
-        f"{cell.queue_ms:.2f} / {cell.compute_ms:.2f}",
+        f"{cell.queue_ms:.1f} / {cell.infer_ms:.1f} / {cell.other_ms:.1f}",
     ]
 
 
 def table(cells: list[Cell]) -> list[str]:
     header = ["protocol", "concurrency", "batch"]
     for server in SERVERS:
-        header += [f"{server} infer/s", "p50 ms", "p99 ms", "queue / compute ms"]
+        header += [f"{server} infer/s", "p50 ms", "p99 ms", "queue / infer / other ms"]
     header += ["throughput ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = sorted({(c.protocol, c.concurrency, c.batch) for c in cells}, key=_order)
