@@ -316,3 +316,26 @@ def test_perf_analyzer_measures_with_its_default_data(
     assert count(after, "fail") == count(before, "fail")
     assert count(after, "success") - count(before, "success") >= 40
     assert float(row["Server Queue"]) >= 0 and float(row["Server Compute Infer"]) > 0
+
+
+# -- the benchmark's report --------------------------------------------------------------
+
+
+def test_the_benchmark_reports_ratios_goals_and_stopped_cells() -> None:
+    from bench.triton import Cell, goals, table
+
+    cells = [
+        Cell("vae-serve", "http", 16, 1, 900.0, 10.0, 40.0, 1.0, 2.0, 3.0),
+        Cell("pytriton", "http", 16, 1, 500.0, 20.0, 60.0, 4.0, 5.0, 6.0),
+        Cell("vae-serve", "grpc", 16, 1, error="Thread [0] had error: busy"),
+        Cell("pytriton", "grpc", 16, 1, 700.0, 20.0, 60.0, 4.0, 5.0, 6.0),
+    ]
+    rows = table(cells)
+    assert rows[2].startswith("| http | 16 | 1 | 900 | 10.0 | 40.0 | 1.0 / 2.0 / 3.0 | 500 |")
+    assert rows[2].endswith("| 1.80× |")
+    assert "stopped: Thread [0] had error: busy" in rows[3]
+    assert goals(cells) == [
+        "- http, concurrency 16: 1.80× PyTriton's throughput (goal ≥ 1.5×), "
+        "p99 40.0 ms vs 60.0 ms: met",
+        "- grpc: not measured (Thread [0] had error: busy)",
+    ]
