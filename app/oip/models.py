@@ -305,7 +305,8 @@ async def infer(
     _check_outputs(target, requested)
     # Set by Triton's own gRPC clients (perf_analyzer) on every request: it asks a
     # decoupled model for an empty last response; ours answer once, so it changes nothing.
-    given = {name: value for name, value in given.items() if name != _EMPTY_FINAL_RESPONSE}
+    if _EMPTY_FINAL_RESPONSE in given:
+        given = {name: value for name, value in given.items() if name != _EMPTY_FINAL_RESPONSE}
     if target.role == "encoder" and requested is not None and "z" in requested:
         # Asking for z is asking for a draw (perf_analyzer asks for every output there is).
         given = {"sample": True, **given}
