@@ -26,6 +26,10 @@ runtime does, and only its jobs fail. If the serving task itself dies (a bug,
 an exception in `on_batch`), the error is logged, every waiting job fails at
 once with `BatcherFailed`, `failure` says why, and the next `submit` starts a
 new task.
+
+Each call's `BatchStats` names the jobs it carried by their `owner`: whatever the
+submitting task had set in `job_owner` (app.statistics sets one per inference
+request), so per-request figures are derived from the same record as the metrics.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +52,8 @@ log = logging.getLogger(__name__)
 # One ONNX call: a batch of rows in, one array per graph output out, each (rows, ...).
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
 Outputs = list[np.ndarray]
+# Whose work a `submit` is: read in the submitting task, handed back in BatchStats.jobs.
+job_owner: ContextVar[object | None] = ContextVar("job_owner", default=None)
 
 
 class QueueFull(Exception):
@@ -125,6 +132,10 @@ class BatchStats:
     size: int  # rows in the call
     queue_wait_s: list[float]  # per job that started in this call, from submit to the call
     run_s: float
+    started: float = 0.0  # when the call began, on the batcher's clock
+    # Every job in the call: (its owner, seconds it waited for this call since it was
+    # submitted or since its previous call ended).
+    jobs: list[tuple[object | None, float]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # jobs are told apart by identity
@@ -132,6 +143,8 @@ class _Job:
     x: np.ndarray  # (n, ...)
     future: asyncio.Future[Outputs]
     enqueued: float
+    owner: object | None = None
+    ready: float = 0.0  # since when it waits: submitted, or its previous call ended
     taken: int = 0  # rows handed to calls so far
     parts: list[Outputs] = field(default_factory=list)  # outputs of the calls so far, in order
     done: int = 0  # rows whose outputs came back
@@ -214,7 +227,8 @@ class Batcher:
             self.start()
         if len(x) == 0:
             raise ValueError("empty batch")
-        job = _Job(x, asyncio.get_running_loop().create_future(), self._clock())
+        now = self._clock()
+        job = _Job(x, asyncio.get_running_loop().create_future(), now, job_owner.get(), now)
         self._jobs.append(job)
         self._queued_rows += len(x)
         self._arrived.set()
@@ -295,14 +309,19 @@ class Batcher:
             return
         finished = self._clock()
         offset = 0
+        jobs = []
         for job, (start, stop) in batch.items():
             n = stop - start
             job.finish([output[offset : offset + n] for output in outputs], n)
             offset += n
+            jobs.append((job.owner, started - job.ready))
+            job.ready = finished
         self._in_call = []
         if self._on_batch is not None:
             waits = [started - job.enqueued for job, (start, _) in batch.items() if start == 0]
-            self._on_batch(BatchStats(size=len(x), queue_wait_s=waits, run_s=finished - started))
+            self._on_batch(
+                BatchStats(len(x), waits, finished - started, started=started, jobs=jobs)
+            )
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The serving task returned (stopped) or died: fail whatever still waits on it."""

@@ -1,6 +1,7 @@
 """What the endpoints compute: batched graph calls plus the numpy maths of vae_contract.
 
-Inputs arrive validated; each function awaits the version's batchers, so
+Inputs arrive validated; each entry point is counted in app.statistics under the
+protocol model that answers its question. Each function awaits the version's batchers, so
 concurrent requests share ONNX Runtime calls. Each first takes its cost in rows
 from the version's budget (`mv.admit`): one row per image through the encoder
 and per latent through the decoder, the units of VAE_MAX_QUEUE. Numpy work
@@ -19,6 +20,7 @@ import numpy as np
 
 from app.errors import Unprocessable
 from app.registry import ModelVersion
+from app.statistics import counted
 from vae_contract import bounds, scores
 from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
 from vae_contract.manifest import Likelihood
@@ -88,6 +90,7 @@ def _eps(seed: int | None, n: int, k: int, latent_dim: int) -> np.ndarray:
     return np.broadcast_to(bounds.noise(seed, k, latent_dim), (n, k, latent_dim))
 
 
+@counted("encoder")
 async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | None) -> Encoded:
     """x (N, C, H, W) -> q(z|x) parameters, and z if `sample`."""
     with mv.admit(len(x)):
@@ -99,6 +102,7 @@ async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | N
     return Encoded(mean, log_var, z)
 
 
+@counted("decoder")
 async def decode(mv: ModelVersion, z: np.ndarray) -> np.ndarray:
     """z (N, L) -> pixel means (N, C, H, W) in [0, 1]."""
     with mv.admit(len(z)):
@@ -151,6 +155,7 @@ def _scores(
     )
 
 
+@counted("elbo")
 async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (N, C, H, W) -> the pixel means decoded at z = mean (N, C, H, W) and
     -log p(x_i|z) per pixel, summed over channels (N, H, W): where x departs from the model."""
@@ -184,6 +189,7 @@ def importance_samples(mv: ModelVersion, score: scores.Score, k: int | None, max
     return k
 
 
+@counted("elbo")
 async def assess(
     mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None, score: scores.Score, fpr: float
 ) -> Assessment:

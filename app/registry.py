@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.batcher import Batcher, GraphThreads, QueueFull
+from app import statistics
+from app.batcher import Batcher, BatchStats, GraphThreads, QueueFull
 from app.config import Settings, available_cpus
 from app.errors import NotFound, PayloadTooLarge, Unavailable
 from app.loader import LoadedGraphs, LoadError, load_version
@@ -36,6 +37,19 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (model name, version)
 Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a version's files
+
+
+def _both(
+    first: Callable[[BatchStats], None], second: Callable[[BatchStats], None]
+) -> Callable[[BatchStats], None]:
+    """One record of each graph call, read twice: by the Prometheus metrics and by the
+    per-model statistics (app.statistics)."""
+
+    def observe(stats: BatchStats) -> None:
+        first(stats)
+        second(stats)
+
+    return observe
 
 
 class ModelVersion:
@@ -64,7 +78,7 @@ class ModelVersion:
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_delay_ms / 1000.0,
                 name=f"{self.label}/{role}",
-                on_batch=metrics.batch_observer(self.name, role),
+                on_batch=_both(metrics.batch_observer(self.name, role), statistics.observe_batch),
                 threads=threads,
             )
             for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder))
@@ -243,6 +257,16 @@ class Registry:
             for (n, v), r in sorted(self._refused.items())
             if n == name and v not in served
         }
+
+    def index(self) -> dict[Key, str | None]:
+        """Every version the last scan found: None when it is served, else why it was
+        refused."""
+        found: dict[Key, str | None] = {
+            (name, version): None for name, versions in self._table.items() for version in versions
+        }
+        for key, refusal in self._refused.items():
+            found.setdefault(key, refusal.reason)
+        return found
 
     def resolve(self, name: str | None, version: int | None) -> ModelVersion:
         """The version a request asked for: `name` or the default, `version` or the newest."""

@@ -35,7 +35,7 @@ def serve(model_dir: Path, http_port: int, grpc_port: int, metrics_port: int) ->
     import onnxruntime as ort
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from vae_contract.graphs import session_options
 
@@ -60,7 +60,11 @@ def serve(model_dir: Path, http_port: int, grpc_port: int, metrics_port: int) ->
         metrics_port=metrics_port,
         log_verbose=0,
     )
-    with Triton(config=config) as triton:
+    # PyTriton guards Triton's statistics and model repository (configuration) APIs with
+    # a token of its own by default; perf_analyzer reads both, and nothing is guarded
+    # on vae-serve's side of the benchmark either.
+    security = TritonSecurityConfig(restricted_endpoints=[])
+    with Triton(config=config, security_config=security) as triton:
         triton.bind(
             model_name="mnist-encoder",
             infer_func=encode,

@@ -13,10 +13,5 @@ if ! bench/.venv-bento/bin/python -c "import bentoml, onnxruntime" 2>/dev/null; 
   python3 -m venv bench/.venv-bento
   bench/.venv-bento/bin/pip install -q 'bentoml==1.4.39' onnxruntime numpy
 fi
-if ! bench/.venv-pytriton/bin/python -c "import pytriton, onnxruntime" 2>/dev/null; then
-  echo "== installing PyTriton into bench/.venv-pytriton"
-  python3 -m venv bench/.venv-pytriton
-  # PyTriton 0.7 is built against numpy 1.
-  bench/.venv-pytriton/bin/pip install -q 'nvidia-pytriton==0.7.0' onnxruntime 'numpy<2'
-fi
+source bench/install_pytriton.sh
 exec .venv/bin/python -m bench.run "$@"

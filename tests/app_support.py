@@ -170,6 +170,18 @@ class Server:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server with the protocol's gRPC half on too."""
+
+    server: Server
+    grpc: str  # host:port
+
+    @property
+    def http(self) -> str:
+        return self.server.url.removeprefix("http://")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

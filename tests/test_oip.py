@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from app_support import ROOT, Reference, Server, free_port, npy, read_mnist, require, serve
+from app_support import ROOT, Reference, Served, free_port, npy, read_mnist, require, serve
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 MAX_IMAGES = 16
 MAX_BODY = 1 << 20
-
-
-@dataclass(frozen=True)
-class Served:
-    server: Server
-    grpc: str  # host:port
-
-    @property
-    def http(self) -> str:
-        return self.server.url.removeprefix("http://")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +143,7 @@ def test_health_and_metadata(served: Served, ref: Reference, transport: str) -> 
     latent, image = ref.latent_dim, [1, 28, 28]
     encoder = metadata("mnist-encoder")
     assert encoder["versions"] == ["1"] and encoder["platform"] == "onnx_onnxv1"
-    assert encoder["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, *image]}]
+    assert encoder["inputs"] == [{"name": "x", "datatype": "UINT8", "shape": [-1, *image]}]
     assert [(t["name"], t["shape"]) for t in encoder["outputs"]] == [
         ("mean", [-1, latent]),
         ("log_var", [-1, latent]),
@@ -373,8 +362,8 @@ BAD_REQUESTS = [
     ("mnist-elbo", "x", np.zeros((1, 1, 28, 28), np.uint8), {"score": "psnr"}, None, 422,
      "INVALID_ARGUMENT",
      "parameter 'score': Input should be 'typicality', 'elbo', 'iwae' or 'complexity'"),
-    ("mnist-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, ["z"], 422,
-     "INVALID_ARGUMENT", "output 'z' is drawn only with the parameter sample=true"),
+    ("mnist-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {"sample": False}, ["z"], 422,
+     "INVALID_ARGUMENT", "output 'z' is a draw: it is not given with the parameter sample=false"),
     ("mnist-encoder", "x", np.zeros((1, 1, 28, 28), np.uint8), {}, ["pixels"], 400,
      "INVALID_ARGUMENT", "mnist-encoder has no output 'pixels'"),
     ("mnist-decoder", "z", np.zeros((1, 3), np.float32), {}, None, 422, "INVALID_ARGUMENT",

@@ -3,8 +3,10 @@ the native API, so Triton and KServe clients and gateways work unchanged.
 
 `models` maps the store onto the protocol's models (the one module that calls the
 native inference path: app.inputs, app.inference), `tensors` and `body` are the wire
-formats, `http` the /v2 routes, `rpc` the gRPC service on its own port
-(VAE_GRPC_PORT), with stubs generated from inference.proto.
+formats, `extensions` Triton's model configuration, statistics and repository index,
+`http` the /v2 routes, `rpc` the gRPC service on its own port (VAE_GRPC_PORT), with stubs
+generated from inference.proto and model_config.proto (`rpc_extensions` serves
+Triton's three calls).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ SERVER_METADATA = ServerMetadata(
     "vae-serve",
     _VERSION,
     # binary_tensor_data: tensors as raw bytes after the JSON (tritonclient's default);
-    # parameters: request and response parameters (sample, seed, k, score, fpr).
-    ["binary_tensor_data", "parameters"],
+    # parameters: request and response parameters (sample, seed, k, score, fpr);
+    # model_configuration and statistics: Triton's, over HTTP and gRPC (app.oip.extensions).
+    # Not model_repository: its index is served, but not load and unload.
+    ["binary_tensor_data", "parameters", "model_configuration", "statistics"],
 )
 
 

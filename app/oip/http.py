@@ -1,4 +1,5 @@
-"""The protocol over HTTP: health, server and model metadata, and infer, under /v2.
+"""The protocol over HTTP: health, server and model metadata, and infer, under /v2, and
+Triton's model configuration, statistics and repository index (app.oip.extensions).
 
 Failures answer `{"error": "<a sentence>"}` with the native API's status codes (what
 tritonclient and KServe's client read), never FastAPI's `{"detail": ...}`.
@@ -11,19 +12,21 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import request_response
 
 from app.deps import registry_of, settings_of
-from app.errors import NotFound, UnsupportedMediaType, known_failure
+from app.errors import BadRequest, NotFound, UnsupportedMediaType, known_failure
 from app.inputs import read_body
-from app.oip import SERVER_METADATA, models
+from app.oip import SERVER_METADATA, extensions, models
 from app.oip.body import HEADER_LENGTH, parse, render
 from app.routes import SummaryRoute
 
 log = logging.getLogger(__name__)
+_INDEX_BODY_BYTES = 4096  # the index request holds at most a name and a flag
 
 
 def error(status: int, sentence: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -95,6 +98,13 @@ async def server_metadata(request: Request) -> Response:
     return JSONResponse(asdict(SERVER_METADATA))
 
 
+# Before /v2/models/{name}, which would take "stats" for a model's name.
+@router.get("/v2/models/stats")
+async def all_statistics(request: Request) -> Response:
+    """Statistics of every protocol model and version (Triton's statistics extension)."""
+    return JSONResponse(extensions.model_statistics(registry_of(request)))
+
+
 @router.get("/v2/models/{name}", responses=_ERRORS)
 async def model_metadata(request: Request, name: str) -> Response:
     """Model metadata, newest version: its versions, inputs and outputs (-1: the batch)."""
@@ -105,6 +115,49 @@ async def model_metadata(request: Request, name: str) -> Response:
 async def version_metadata(request: Request, name: str, version: str) -> Response:
     """Model metadata of one version."""
     return JSONResponse(models.metadata(registry_of(request), name, version))
+
+
+@router.get("/v2/models/{name}/stats", responses=_ERRORS)
+async def model_statistics(request: Request, name: str) -> Response:
+    """Statistics of every loaded version of one model: counts, and queue and compute times."""
+    return JSONResponse(extensions.model_statistics(registry_of(request), name))
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats", responses=_ERRORS)
+async def version_statistics(request: Request, name: str, version: str) -> Response:
+    """Statistics of one model version."""
+    return JSONResponse(extensions.model_statistics(registry_of(request), name, version))
+
+
+@router.get("/v2/models/{name}/config", responses=_ERRORS)
+async def model_config(request: Request, name: str) -> Response:
+    """Model configuration, newest version (Triton's model configuration extension)."""
+    found = extensions.model_config(registry_of(request), settings_of(request), name)
+    return JSONResponse(found)
+
+
+@router.get("/v2/models/{name}/versions/{version}/config", responses=_ERRORS)
+async def version_config(request: Request, name: str, version: str) -> Response:
+    """Model configuration of one version."""
+    found = extensions.model_config(registry_of(request), settings_of(request), name, version)
+    return JSONResponse(found)
+
+
+@router.post("/v2/repository/index", responses=_ERRORS)
+async def repository_index(request: Request) -> Response:
+    """Every model version the store holds and its state; {"ready": true}: only those
+    that serve."""
+    body = await read_body(request, _INDEX_BODY_BYTES)
+    ready = False
+    if body.strip():
+        try:
+            given = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest('the body must be JSON, such as {"ready": true}') from None
+        if not isinstance(given, dict) or not isinstance(given.get("ready", False), bool):
+            raise BadRequest('the body must be a JSON object whose "ready" is true or false')
+        ready = given.get("ready", False)
+    return JSONResponse(extensions.repository_index(registry_of(request), ready))
 
 
 async def _model_ready(request: Request, name: str, version: str) -> Response:

@@ -3,7 +3,8 @@
 Each version of a store model is served as three protocol models, each answering one
 question with plain tensors:
 
-    {model}-encoder  x (N, C, H, W) -> mean, log_var (N, L); parameter sample=true adds z
+    {model}-encoder  x (N, C, H, W) -> mean, log_var (N, L); parameter sample=true (or
+                     asking for the output z) adds z
     {model}-decoder  z (N, L) -> pixels (N, C, H, W), the likelihood's means
     {model}-elbo     x (N, C, H, W) -> elbo, reconstruction, kl, bits_per_dim,
                      anomaly_score, percentile, is_anomaly (N,)
@@ -48,7 +49,10 @@ class Signature:
 
 def signature(manifest: Manifest, role: Role) -> Signature:
     """The tensors of one protocol model; -1 is the batch (any size up to the request limit)."""
-    image = TensorSpec("x", "FP32", (-1, *manifest.input.shape), accepts=("FP32", "UINT8"))
+    # Images are declared as bytes, the form cameras and files give them (and random
+    # bytes, perf_analyzer's default data, are valid images); floats in [0, 1] are
+    # accepted too (the model configuration lists both).
+    image = TensorSpec("x", "UINT8", (-1, *manifest.input.shape), accepts=("FP32", "UINT8"))
     latent = (-1, manifest.latent_dim)
     if role == "encoder":
         outputs = tuple(TensorSpec(name, "FP32", latent) for name in ("mean", "log_var", "z"))
@@ -240,6 +244,7 @@ def read_parameters(model: type[P], target: Target, given: Mapping[str, Value]) 
 
 
 Outputs = dict[str, np.ndarray | None]  # None: not computed for this request
+_EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ def _pick(
 
 
 _ABSENT = {
-    ("encoder", "z"): "output 'z' is drawn only with the parameter sample=true",
+    ("encoder", "z"): "output 'z' is a draw: it is not given with the parameter sample=false",
     ("elbo", "percentile"): "this model version has no calibration of the score asked for "
     "that holds here (GET /models says why), so no percentile (send another score, or "
     "calibrate it with vae-calibrate)",
@@ -298,6 +303,13 @@ async def infer(
     """Run one inference request: parameters and inputs checked before anything is
     queued, then the batched model, then the outputs asked for."""
     _check_outputs(target, requested)
+    # Set by Triton's own gRPC clients (perf_analyzer) on every request: it asks a
+    # decoupled model for an empty last response; ours answer once, so it changes nothing.
+    if _EMPTY_FINAL_RESPONSE in given:
+        given = {name: value for name, value in given.items() if name != _EMPTY_FINAL_RESPONSE}
+    if target.role == "encoder" and requested is not None and "z" in requested:
+        # Asking for z is asking for a draw (perf_analyzer asks for every output there is).
+        given = {"sample": True, **given}
     run = {"encoder": _encode, "decoder": _decode, "elbo": _elbo}[target.role]
     outputs, parameters = await run(target, tensors, given, settings)
     return Answer(_pick(target, outputs, requested), parameters)

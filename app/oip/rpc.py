@@ -23,6 +23,7 @@ from app.errors import known_failure
 from app.oip import SERVER_METADATA, inference_pb2, models
 from app.oip import inference_pb2_grpc as services
 from app.oip.models import Answer, InputTensor, Target, Value
+from app.oip.rpc_extensions import TritonExtensions
 from app.oip.tensors import datatype_of, to_bytes
 from app.registry import Registry
 
@@ -114,8 +115,9 @@ class _Refused(Exception):
         self.sentence = sentence
 
 
-class InferenceService(services.GRPCInferenceServiceServicer):
-    """The six calls of the protocol, over the app's registry and batchers."""
+class InferenceService(TritonExtensions, services.GRPCInferenceServiceServicer):
+    """The six calls of the protocol, over the app's registry and batchers (and Triton's
+    three of TritonExtensions)."""
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
