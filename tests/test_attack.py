@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,8 +25,14 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from app_support import Server, free_port, npy, read_mnist, serve
-from attack import (
+from app_support import ROOT, Server, free_port, npy, read_mnist, serve
+
+sys.path.insert(0, str(ROOT))  # bench/ is a folder of the repository, not an installed package
+
+from inflight import HeldRequest, wait_in_flight, wait_refused
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from bench.attacks import (
     empty_lists,
     memory,
     open_sockets,
@@ -35,8 +42,6 @@ from attack import (
     slow_uploads,
     unfinished_heads,
 )
-from inflight import HeldRequest, wait_in_flight, wait_refused
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 MiB = 2**20
 BUDGET = 48 * MiB
