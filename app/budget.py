@@ -19,6 +19,7 @@ the rule that ties the budget to the container's memory limit.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import io
@@ -117,6 +118,27 @@ def _malloc_trim() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         pass
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):  # not Linux: nothing to watch
+        return 0
+
+
+async def give_back_memory(budget: ByteBudget, every_s: float = 2.0) -> None:
+    """Return freed memory to the system after a burst: glibc keeps what threads freed in
+    their arenas, and a process that peaked at 700 MB stayed at 400 MB with nothing in
+    flight. Every `every_s`, when the resident set grew by _TRIM_AFTER_BYTES since the
+    last trim and the budget holds nothing, trim (in a thread: it walks every arena)."""
+    trimmed = _rss()
+    while True:
+        await asyncio.sleep(every_s)
+        if budget.held == 0 and _rss() > trimmed + _TRIM_AFTER_BYTES:
+            await asyncio.to_thread(_malloc_trim)
+            trimmed = _rss()
 
 
 class ByteBudget:

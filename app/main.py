@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
 from app.auth import ApiKeyMiddleware, document_api_key
-from app.budget import BodyBudget, ByteBudget
+from app.budget import BodyBudget, ByteBudget, give_back_memory
 from app.config import Settings, get_settings
 from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
@@ -65,10 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Loading runs in the background: /healthz answers at once, /readyz says when.
         registry.start()
         lag.start()
+        trimmer = asyncio.create_task(give_back_memory(guards.budget), name="malloc-trim")
         try:
             async with grpc_service(settings, registry, guards):
                 yield
         finally:
+            trimmer.cancel()
             await registry.stop()
             await deadlines.stop()
             await lag.stop()

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # bench/ is a folder of the repository, not an in
 from inflight import HeldRequest, wait_in_flight, wait_refused
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from app.oip.admission import MAX_FIELDS, MAX_TYPED_BYTES, wire_cost
 from bench.attacks import (
     empty_lists,
     memory,
@@ -107,13 +108,15 @@ def test_pixel_bombs_wait_their_turn_within_the_budget(attacked: Attacked) -> No
     attacked.assert_within_budget()
 
 
-def test_grpc_typed_contents_are_capped_before_conversion(attacked: Attacked) -> None:
-    """A million uint_contents zeros cost ~26 bytes each on the way to pixels (protobuf's
-    ints, an int64 array, uint8): refused by their count, raw_input_contents named."""
+@pytest.mark.parametrize("side", [1000, 1900])
+def test_grpc_typed_contents_are_capped_before_conversion(attacked: Attacked, side: int) -> None:
+    """uint_contents zeros cost ~26 bytes each on the way to pixels (protobuf's ints, an
+    int64 array, uint8) and seconds of GIL to parse: refused by their count once parsed
+    (a million), or from the message's bytes before it is parsed (3.6 million)."""
     request = service_pb2.ModelInferRequest(model_name="mnist-encoder")
     request.parameters["resize"].bool_param = True
-    x = request.inputs.add(name="x", datatype="UINT8", shape=[1, 1, 1000, 1000])
-    x.contents.uint_contents.extend(np.zeros(1_000_000, np.uint32).tolist())
+    x = request.inputs.add(name="x", datatype="UINT8", shape=[1, 1, side, side])
+    x.contents.uint_contents.extend(np.zeros(side * side, np.uint32).tolist())
     with grpc.insecure_channel(attacked.grpc, options=[("grpc.max_send_message_length", -1)]) as ch:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
         with pytest.raises(grpc.RpcError) as raised:
@@ -191,6 +194,20 @@ def test_memory_goes_back_after_the_attacks(attacked: Attacked) -> None:
 
 
 # -- gRPC: one admission for every door ---------------------------------------------------
+
+
+def test_a_message_is_weighed_from_its_bytes_before_it_is_parsed() -> None:
+    request = service_pb2.ModelInferRequest(model_name="mnist-encoder")
+    x = request.inputs.add(name="x", datatype="FP32", shape=[256, 1, 28, 28])
+    x.contents.fp32_contents.extend([0.5] * 256 * 784)  # the most MNIST images one takes
+    request.raw_input_contents.append(bytes(4 * MiB))  # raw bytes cost nothing to parse
+    assert wire_cost(request.SerializeToString()) is None
+    x.contents.fp32_contents.extend([0.5] * (MAX_TYPED_BYTES // 4))
+    assert "raw_input_contents" in (wire_cost(request.SerializeToString()) or "")
+    outputs = service_pb2.ModelInferRequest(model_name="mnist-encoder")
+    for _ in range(MAX_FIELDS):
+        outputs.outputs.add()  # an object each, once parsed
+    assert "fields" in (wire_cost(outputs.SerializeToString()) or "")
 
 
 def _elbo_request(images: np.ndarray) -> service_pb2.ModelInferRequest:
