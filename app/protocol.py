@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -48,25 +47,31 @@ class HttpProtocol(HttpToolsProtocol):
     _head: int | None = 0  # bytes of the current request's head so far; None past it
     _completed = 0  # requests parsed whole on this connection
     _refused = False
-    _timer: asyncio.TimerHandle | None = None
-    _body_due = 0.0  # loop time by which the body's next bytes must arrive
+    # The time limits: one timer per connection that looks at the clock a few times
+    # per limit, not a timer per request (a timer set and cancelled per request cost
+    # the event loop 10-30 µs, app/overload.py's Deadlines says).
+    _head_since: float | None = None  # loop time the head being read began
+    _body_due: float | None = None  # loop time by which the body's next bytes must come
+    _tick: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head = 0
-        self._arm(self.head_timeout_s, self._head_timed_out)
+        self._head_since = self.loop.time()  # a connection that sends nothing is timed too
+        self._tick = self.loop.call_later(self._tick_s, self._check_time)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._tick is not None:
+            self._tick.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: read and drop
         in_head, completed = self._head is not None, self._completed
-        if self._head == 0 and self._timer is None:  # the first byte of the next head
-            self._arm(self.head_timeout_s, self._head_timed_out)
-        elif self._head is None:  # body bytes: the stall clock starts again
+        if self._head == 0 and self._head_since is None:  # the first byte of the next head
+            self._head_since = self.loop.time()
+        elif self._body_due is not None:  # body bytes: the stall clock starts again
             self._body_due = self.loop.time() + self.body_timeout_s
         super().data_received(data)
         # Only bytes that all went to one unfinished head count: a chunk that ends a
@@ -80,30 +85,40 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head = None
-        self._disarm()
+        self._head_since = None
         self._body_due = self.loop.time() + self.body_timeout_s
-        self._arm(self.body_timeout_s, self._body_stalled)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._completed += 1
         self._head = 0  # the next request on this connection starts its head
-        self._disarm()
+        self._body_due = None
 
-    def _arm(self, delay: float, then: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay, then)
+    @property
+    def _tick_s(self) -> float:
+        return min(self.head_timeout_s, self.body_timeout_s, 4.0) / 4
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _head_timed_out(self) -> None:
-        self._timer = None
+    def _check_time(self) -> None:
+        self._tick = None
         if self._refused or self.transport.is_closing():
             return
+        now = self.loop.time()
+        if self._head_since is not None and now - self._head_since > self.head_timeout_s:
+            self._head_timed_out()
+            return
+        # Not while we stopped reading (the app has not taken the bytes yet): not a stall.
+        stalled = self._body_due is not None and now > self._body_due
+        if stalled and not self.flow.read_paused:
+            log.info(
+                "closed a connection whose request body stalled for %g s (VAE_BODY_TIMEOUT_S)",
+                self.body_timeout_s,
+            )
+            self.transport.close()
+            return
+        self._tick = self.loop.call_later(self._tick_s, self._check_time)
+
+    def _head_timed_out(self) -> None:
         if not self._head:  # not a byte of a request: an idle connection, closed quietly
             self.transport.close()
             return
@@ -112,20 +127,6 @@ class HttpProtocol(HttpToolsProtocol):
             f"the request's line and headers did not arrive within {self.head_timeout_s:g} s "
             "(VAE_HEAD_TIMEOUT_S)",
         )
-
-    def _body_stalled(self) -> None:
-        self._timer = None
-        if self.transport.is_closing():
-            return
-        late = self.loop.time() - self._body_due
-        if late < 0 or self.flow.read_paused:  # bytes came, or we stopped reading: not stalled
-            self._arm(max(-late, self.body_timeout_s / 10), self._body_stalled)
-            return
-        log.info(
-            "closed a connection whose request body stalled for %g s (VAE_BODY_TIMEOUT_S)",
-            self.body_timeout_s,
-        )
-        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if len(self.url) >= MAX_HEAD_BYTES:  # httptools cannot parse it

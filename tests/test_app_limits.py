@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from app.budget import MAX_JPEG_SCANS, ByteBudget, files_bytes
 from app.config import Settings
-from app.errors import PayloadTooLarge, Unavailable
+from app.errors import PayloadTooLarge, Unavailable, Unprocessable
 from app.json_scan import MAX_JSON_CONTAINERS, MAX_JSON_VALUES
 from app.main import create_app
 
@@ -149,3 +149,20 @@ def test_the_budget_refuses_what_never_fits_413_and_what_fits_later_503() -> Non
     with pytest.raises(PayloadTooLarge, match="at most 100"):
         budget.take(101, "a body")
     budget.take(100, "all of it")  # whole once the others are done
+
+
+def test_an_animation_is_refused_without_walking_its_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counting a GIF's frames reads every one (20,000 in 16 MB took seconds); finding a
+    second one is enough to refuse it."""
+    frames = [Image.new("L", (8, 8), i) for i in range(50)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:])
+
+    def walked(self: object) -> int:
+        raise AssertionError("n_frames walks every frame")
+
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", property(walked))
+    with pytest.raises(Unprocessable, match="more than one frame"):
+        files_bytes([out.getvalue()], max_pixels=2**24, resize=False)
