@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -70,35 +69,55 @@ class Probes:
         return ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
 
 
+# The prober: its own process, so that the attacking client's work (building a message
+# of 16 M values holds its GIL for seconds) never delays a probe, and only the server's
+# delays count. It says "ready" after its first answer and prints what it saw when its
+# stdin closes.
+_PROBER = """
+import json, sys, threading, time
+import httpx
+url, every = sys.argv[1], float(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+latencies, failures, i = [], [], 0
+with httpx.Client(base_url=url, timeout=10) as client:
+    while not stop.is_set():
+        path = ("/healthz", "/readyz")[i % 2]
+        began = time.perf_counter()
+        try:
+            status = client.get(path).status_code
+            if status != 200:
+                failures.append(f"{path}: {status}")
+        except httpx.HTTPError as exc:
+            failures.append(f"{path}: {exc!r}")
+        latencies.append(time.perf_counter() - began)
+        if i == 0:
+            print("ready", flush=True)
+        i += 1
+        stop.wait(every)
+print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
+"""
+
+
 @contextmanager
-def probing(url: str) -> Iterator[Probes]:
-    probes = Probes(url)
-    stop = threading.Event()
-
-    def ask() -> None:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            paths = ("/healthz", "/readyz")
-            i = 0
-            while not stop.is_set():
-                path = paths[i % 2]
-                i += 1
-                began = time.perf_counter()
-                try:
-                    status = client.get(path).status_code
-                    if status != 200:
-                        probes.failures.append(f"{path}: {status}")
-                except httpx.HTTPError as exc:
-                    probes.failures.append(f"{path}: {exc!r}")
-                probes.latencies.append(time.perf_counter() - began)
-                stop.wait(probes.every_s)
-
-    thread = threading.Thread(target=ask, name="probes", daemon=True)
-    thread.start()
+def probing(url: str, every_s: float = 0.05) -> Iterator[Probes]:
+    """/healthz and /readyz asked in turn every `every_s`, from another process, for the
+    body of the `with`; the Probes are filled in when it ends."""
+    probes = Probes(url, every_s)
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _PROBER, url, str(every_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert prober.stdout is not None and prober.stdin is not None
     try:
+        assert prober.stdout.readline().strip() == b"ready", "the prober did not start"
         yield probes
     finally:
-        stop.set()
-        thread.join(timeout=30)
+        out, _ = prober.communicate(timeout=60)
+        if out.strip():
+            seen = orjson.loads(out.splitlines()[-1])
+            probes.latencies, probes.failures = seen["latencies"], seen["failures"]
 
 
 def png(width: int, height: int, mode: str = "RGBA") -> bytes:
@@ -259,16 +278,17 @@ def _cases(url: str, grpc_target: str) -> list[tuple[str, Callable[[], list[str]
     lists = b",".join([b"[]"] * 5_000_000)
     v2_lists = empty_lists(5_000_000)
     native_lists = b'{"pixels":[' + lists + b"]}"
+    # Built before the attacks: 16 M values take the client seconds.
+    typed = _uint8_request([1, 1, 4000, 4000], typed=True)
+    raw = _uint8_request([1, 1, 4000, 4000], typed=False)
     return [
         ("1. pixel bombs: 6 × 4096² RGBA PNG, resize", lambda: [
             str(s) for s in pixel_bombs(url, png(4096, 4096), 6)
         ]),
         ("2. gRPC typed: 4 × 16 M uint_contents, resize", lambda: _grpc_codes(
-            grpc_target, _uint8_request([1, 1, 4000, 4000], typed=True), 4
+            grpc_target, typed, 4
         )),
-        ("2b. gRPC raw: 4 × 16 MB UINT8, resize", lambda: _grpc_codes(
-            grpc_target, _uint8_request([1, 1, 4000, 4000], typed=False), 4
-        )),
+        ("2b. gRPC raw: 4 × 16 MB UINT8, resize", lambda: _grpc_codes(grpc_target, raw, 4)),
         ("4. slow uploads: 70 × 14 of 15 MiB", lambda: asyncio.run(
             slow_uploads(url, count=70, size=15 * MiB, sent=14 * MiB, within_s=60)
         )),
