@@ -14,6 +14,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from PIL import GifImagePlugin, Image
+from pydantic import ValidationError
 
 from app.budget import MAX_JPEG_SCANS, ByteBudget, files_bytes
 from app.config import Settings
@@ -166,3 +167,8 @@ def test_an_animation_is_refused_without_walking_its_frames(
     monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", property(walked))
     with pytest.raises(Unprocessable, match="more than one frame"):
         files_bytes([out.getvalue()], max_pixels=2**24, resize=False)
+
+
+def test_the_budget_must_hold_the_largest_body() -> None:
+    with pytest.raises(ValidationError, match="memory_budget_bytes"):
+        Settings(memory_budget_bytes=2**20, max_body_bytes=2 * 2**20)

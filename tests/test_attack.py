@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -156,6 +157,13 @@ async def test_unfinished_heads_are_answered_408_and_closed(attacked: Attacked) 
         )
     assert set(outcomes) == {"408"}, sorted(set(outcomes))
     assert not probes.failures and probes.worst_s < PROBE_BOUND_S, probes
+    # A connection that never sends a byte is closed too, without an answer.
+    parts = urlsplit(attacked.server.url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+    finally:
+        writer.close()
     deadline = time.monotonic() + 15  # the refusals linger 5 s for the clients to read
     while open_sockets(attacked.pid) > before + 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
