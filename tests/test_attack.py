@@ -266,6 +266,31 @@ def test_grpc_calls_count_against_the_same_concurrency_limit(
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
 
 
+async def test_http_and_grpc_share_one_concurrency_limit(model_store: Path, tmp_path: Path) -> None:
+    """VAE_MAX_CONCURRENCY=1 with an HTTP request in progress: a gRPC call is refused
+    RESOURCE_EXHAUSTED, with the sentence HTTP's 503 gives; once it is done, served."""
+    port = free_port()
+    settings = {"VAE_GRPC_PORT": str(port), "VAE_MAX_CONCURRENCY": "1"}
+    request = _elbo_request(read_mnist(1))
+    with (
+        serve(model_store, tmp_path, **settings) as server,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        held = await HeldRequest.start(
+            server.url, "/encode", npy(read_mnist(1)), "application/x-npy"
+        )
+        await wait_in_flight(server.url, 1)
+        with pytest.raises(grpc.RpcError) as raised:
+            await asyncio.to_thread(stub.ModelInfer, request, timeout=30)
+        error: grpc.Call = raised.value  # type: ignore[assignment]
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "VAE_MAX_CONCURRENCY" in (error.details() or "")
+        status, body = await held.finish()
+        assert status == 200, body
+        await asyncio.to_thread(stub.ModelInfer, request, timeout=30)  # its turn now
+
+
 async def test_grpc_stops_accepting_with_http_after_the_drain(
     model_store: Path, tmp_path: Path
 ) -> None:
