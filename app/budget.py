@@ -23,7 +23,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import io
-import logging
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,8 +33,6 @@ from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import RETRY_AFTER_S, PayloadTooLarge, Unavailable, Unprocessable
-
-log = logging.getLogger(__name__)
 
 # Bytes held per decoded pixel and channel (3: Pillow's image, its bytes and the array
 # made of them), and per pixel when resized (float32 planes: the scaled one, the alpha,
