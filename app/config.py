@@ -73,6 +73,34 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         default=16 * 2**20, ge=1, description="Most pixels one request may decode from image files."
     )
+    # docs/limits.md: the container's memory limit must hold this, the models, the gRPC
+    # messages in flight (grpc_max_concurrency × max_body_bytes) and the process itself.
+    memory_budget_bytes: int = Field(
+        default=384 * 2**20,
+        ge=2**20,
+        description="Most bytes all requests together may hold: bodies as they arrive, "
+        "decoded and resized pixels, gRPC messages (503 past it, 413 beyond it alone).",
+    )
+    # Time limits at the edge (app/protocol.py), before any app work or key check.
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Most seconds a request's line and headers may take to arrive (408).",
+    )
+    body_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Most seconds a request body may go without a byte arriving (closed).",
+    )
+    # gRPC's core holds each message whole before the service sees it: this many at
+    # max_body_bytes each is memory outside the budget (docs/limits.md).
+    grpc_max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Most gRPC calls in progress at once; more get RESOURCE_EXHAUSTED.",
+    )
     max_samples: int = Field(default=64, ge=1, description="Largest n for /sample.")
     max_k: int = Field(default=128, ge=1, description="Largest k (importance samples) for /elbo.")
     intra_op_threads: int = Field(
@@ -142,6 +170,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queue ({self.max_queue}) must be at least max_batch_size "
                 f"({self.max_batch_size}), or no batch could ever fill"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Self:
+        if self.memory_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"memory_budget_bytes ({self.memory_budget_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}), or the largest body could never fit"
             )
         return self
 

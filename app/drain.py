@@ -10,6 +10,8 @@ on SIGTERM the service
 2. keeps serving for `drain_s` seconds, while load balancers notice,
 3. then shuts down as uvicorn does: stops accepting, lets the requests in flight
    finish (at most `shutdown_grace_s` seconds), stops the batchers and exits 0.
+   The gRPC service stops accepting at the same moment (`on_shutdown`) and gives
+   its calls the same grace alongside, so the whole takes drain_s + shutdown_grace_s.
 
 SIGINT (Ctrl-C at a terminal) skips the drain, and a second signal during the
 drain ends it early; after that uvicorn's own rules hold (another Ctrl-C forces
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -33,12 +36,21 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server with a drain window before its graceful shutdown."""
 
     def __init__(
-        self, config: uvicorn.Config, drain_s: float, on_drain: Callable[[], None]
+        self,
+        config: uvicorn.Config,
+        drain_s: float,
+        on_drain: Callable[[], None],
+        on_shutdown: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(config)
         self.drain_s = drain_s
         self.on_drain = on_drain  # flips readiness; called in the signal handler
+        self.on_shutdown = on_shutdown  # called as the socket closes, on the event loop
         self.drain_until: float | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: it only sets flags (no logging, no loop calls); on_tick,

@@ -23,9 +23,12 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from app import budget as memory
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.images import decode_images, load_npy, to_model_input
+from app.json_scan import check_json_cost
+from app.pixels import count
 from vae_contract.manifest import Manifest
 
 T = TypeVar("T")
@@ -58,6 +61,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _json(body: bytes) -> dict[str, Any]:
+    check_json_cost(body, bulk=f"a .npy body ({NPY})")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -241,8 +245,12 @@ async def read_images(
     if parsed.array is not None:
         return await pixels_to_x(parsed.array, manifest, settings, resize=resize)
     # Decoding is CPU work: off the event loop, like the model calls. Image files
-    # always go: a small file can still declare millions of pixels.
-    return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
+    # always go: a small file can still declare millions of pixels, and what they will
+    # hold decoded is taken from the memory budget, read from their headers, first.
+    assert parsed.files is not None
+    held = memory.files_bytes(parsed.files, max_pixels=settings.max_pixels, resize=resize)
+    with memory.holding(held, f"decoding {count(len(parsed.files), 'image')}"):
+        return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
 
 
 async def pixels_to_x(
@@ -254,7 +262,8 @@ async def pixels_to_x(
     if array.nbytes <= _INLINE_BYTES and not resize:
         # Checking and scaling a few images takes microseconds, less than the hop.
         return to_x(body, manifest, settings, resize=resize)
-    return await asyncio.to_thread(to_x, body, manifest, settings, resize=resize)
+    with memory.holding(memory.array_bytes(array.size), f"pixels of shape {list(array.shape)}"):
+        return await asyncio.to_thread(to_x, body, manifest, settings, resize=resize)
 
 
 def _json_latents(body: bytes, max_rows: int) -> np.ndarray:

@@ -6,6 +6,7 @@ Nothing happens at import; models are loaded in the lifespan.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
 from app.auth import ApiKeyMiddleware, document_api_key
+from app.budget import BodyBudget, ByteBudget, give_back_memory
 from app.config import Settings, get_settings
 from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
@@ -26,8 +28,9 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.oip import grpc_service
 from app.oip import http as oip_http
-from app.overload import Deadlines, LoopLag, OverloadMiddleware
-from app.protocol import HttpProtocol
+from app.oip.admission import Guards
+from app.overload import Admission, Deadlines, LoopLag, OverloadMiddleware
+from app.protocol import bounded
 from app.registry import Registry
 from app.routes import models, ops, vae
 from app.routes.page import add_page
@@ -48,16 +51,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = Registry(settings, metrics)
     deadlines = Deadlines(settings.request_timeout_s)
     lag = LoopLag()
+    # One admission and one memory budget for every door, HTTP and gRPC (docs/limits.md).
+    guards = Guards(
+        admission=Admission(settings.max_concurrency, settings.max_lag_ms / 1000, lag),
+        budget=ByteBudget(settings.memory_budget_bytes),
+        metrics=metrics,
+        timeout_s=settings.request_timeout_s,
+        stopping=asyncio.Event(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading runs in the background: /healthz answers at once, /readyz says when.
         registry.start()
         lag.start()
+        trimmer = asyncio.create_task(give_back_memory(guards.budget), name="malloc-trim")
         try:
-            async with grpc_service(settings, registry):
+            async with grpc_service(settings, registry, guards):
                 yield
         finally:
+            trimmer.cancel()
             await registry.stop()
             await deadlines.stop()
             await lag.stop()
@@ -66,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.guards = guards
     install_error_handlers(app)
     # The model-bound routes and the probes are the hot path: DirectRoutes hands
     # them their requests past FastAPI's router (bench/profile.md). They join the
@@ -80,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.page:
         add_page(app)
     app.add_middleware(DirectRoutes, routes=hot)  # innermost
+    # Inside the key check: a body counts once its sender is known to be let in.
+    app.add_middleware(BodyBudget, budget=guards.budget, max_body_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
         document_api_key(app)
@@ -90,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_lag_s=settings.max_lag_ms / 1000,
         lag=lag,
         deadlines=deadlines,
+        admission=guards.admission,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s, 503s too
     return app
@@ -123,9 +140,16 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
-        http=HttpProtocol,  # bounds the request head; its refusals are JSON like the app's
+        # Bounds the request head's size and time and a body's stalls; its refusals are
+        # JSON like the app's.
+        http=bounded(settings),
     )
-    server = DrainingServer(config, drain_s=settings.drain_s, on_drain=app.state.registry.drain)
+    server = DrainingServer(
+        config,
+        drain_s=settings.drain_s,
+        on_drain=app.state.registry.drain,
+        on_shutdown=app.state.guards.stopping.set,  # gRPC stops accepting with HTTP
+    )
     # What uvicorn.run does around Server.run, which takes no server class of ours:
     # Ctrl-C comes back as KeyboardInterrupt once the shutdown is done.
     with contextlib.suppress(KeyboardInterrupt):

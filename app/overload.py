@@ -110,6 +110,31 @@ class Deadlines:
             task.cancel()
 
 
+TOO_MANY = "server busy: too many requests in progress (VAE_MAX_CONCURRENCY); retry shortly"
+BEHIND = "server busy: it is behind on the requests it has (VAE_MAX_LAG_MS); retry shortly"
+
+
+class Admission:
+    """Requests in progress at every door (HTTP here, gRPC in app.oip.admission), held
+    to one limit: a client cannot get past VAE_MAX_CONCURRENCY by switching protocol."""
+
+    def __init__(self, max_in_flight: int, max_lag_s: float, lag: LoopLag) -> None:
+        self.max_in_flight = max_in_flight
+        self.max_lag_s = max_lag_s
+        self.lag = lag
+        self.in_flight = 0
+
+    def refusal(self) -> str | None:
+        """Why a new request is refused now (TOO_MANY or BEHIND), None when it is not."""
+        # Behind, and busy: with fewer in progress, a loop slowed by something
+        # else (a noisy machine, one long step) sheds no one.
+        if self.in_flight >= self.max_in_flight:
+            return TOO_MANY
+        if self.lag.lag_s > self.max_lag_s and self.in_flight >= self.max_in_flight // 4:
+            return BEHIND
+        return None
+
+
 Answer = dict[str, tuple[Message, Message]]  # error_key -> start, body
 
 
@@ -126,12 +151,7 @@ def _answer(status: int, sentence: str) -> Answer:
     return answers
 
 
-_TOO_MANY = _answer(
-    503, "server busy: too many requests in progress (VAE_MAX_CONCURRENCY); retry shortly"
-)
-_BEHIND = _answer(
-    503, "server busy: it is behind on the requests it has (VAE_MAX_LAG_MS); retry shortly"
-)
+_REFUSALS = {TOO_MANY: _answer(503, TOO_MANY), BEHIND: _answer(503, BEHIND)}
 
 
 class OverloadMiddleware:
@@ -146,31 +166,35 @@ class OverloadMiddleware:
         max_lag_s: float,
         lag: LoopLag,
         deadlines: Deadlines,
+        admission: Admission | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_in_flight = max_in_flight
-        self.max_lag_s = max_lag_s
-        self.lag = lag
+        self.admission = admission or Admission(max_in_flight, max_lag_s, lag)
+        self.lag = self.admission.lag
         self.deadlines = deadlines
-        self.in_flight = 0
         self._timed_out = _answer(
             504,
             f"the request took longer than {deadlines.timeout_s:g} s (VAE_REQUEST_TIMEOUT_S) "
             "and was stopped; its work that had not started was dropped",
         )
 
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self.admission.in_flight = value
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNGUARDED_PATHS:
             await self.app(scope, receive, send)
             return
-        # Behind, and busy: with fewer in progress, a loop slowed by something
-        # else (a noisy machine, one long step) sheds no one.
-        busy = self.in_flight >= self.max_in_flight
-        behind = self.lag.lag_s > self.max_lag_s and self.in_flight >= self.max_in_flight // 4
-        if busy or behind:
+        refusal = self.admission.refusal()
+        if refusal is not None:
             self.metrics.shed.inc()
-            for message in (_TOO_MANY if busy else _BEHIND)[error_key(scope["path"])]:
+            for message in _REFUSALS[refusal][error_key(scope["path"])]:
                 await send(message)
             return
         task = asyncio.current_task()

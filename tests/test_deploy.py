@@ -367,6 +367,31 @@ def test_termination_grace_covers_the_drain(path: str) -> None:
         assert readiness["periodSeconds"] * readiness["failureThreshold"] <= settings.drain_s
 
 
+# The service's own resident memory at rest, models loaded: 130-170 MiB measured with
+# the bundled store (docs/limits.md), rounded up for larger models and the allocator.
+PROCESS_BYTES = 256 * 2**20
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("1Gi", "512Mi") in bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_memory_limit_holds_the_budget(path: str) -> None:
+    """docs/limits.md's rule: limit >= budget + the messages gRPC's core holds before the
+    service sees them + the process with its models."""
+    for workload in workloads(path):
+        settings = app_settings(settings_of(path, workload))
+        limit = _bytes(workload.container["resources"]["limits"]["memory"])
+        grpc_held = settings.grpc_max_concurrency * settings.max_body_bytes
+        assert limit >= settings.memory_budget_bytes + grpc_held + PROCESS_BYTES, path
+
+
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_containers_are_locked_down_and_sized(path: str) -> None:
     user = stage("serve").args("USER")[-1].split(":")[0]

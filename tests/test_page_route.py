@@ -83,3 +83,14 @@ def test_the_page_refers_to_nothing_outside_the_service() -> None:
         text = (PAGE_DIR / name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), name
         assert "@import" not in text and "@font-face" not in text, name
+
+
+def test_the_page_has_its_policy_at_every_address(empty_store: Path) -> None:
+    """/page/index.html is the page too: framed or fed a foreign script there it is as
+    exposed as at `/`, so it carries the same Content-Security-Policy."""
+    with serving(empty_store) as client:
+        at_root = client.get("/").headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in at_root
+        for name in FILES:
+            response = client.get(f"/page/{name}")
+            assert response.headers.get("content-security-policy") == at_root, name

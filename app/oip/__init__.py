@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from app.config import Settings
+    from app.oip.admission import Guards
     from app.registry import Registry
 
 try:
@@ -46,7 +47,9 @@ SERVER_METADATA = ServerMetadata(
 
 
 @asynccontextmanager
-async def grpc_service(settings: Settings, registry: Registry) -> AsyncIterator[None]:
+async def grpc_service(
+    settings: Settings, registry: Registry, guards: Guards
+) -> AsyncIterator[None]:
     """The gRPC service for the body of the `with`, when VAE_GRPC_PORT is not 0."""
     if not settings.grpc_port:
         yield
@@ -57,5 +60,5 @@ async def grpc_service(settings: Settings, registry: Registry) -> AsyncIterator[
     # generated `inference` stubs) never loads ours.
     from app.oip import rpc
 
-    async with rpc.serving(settings, registry):
+    async with rpc.serving(settings, registry, guards):
         yield

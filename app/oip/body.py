@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from app.errors import BadRequest
+from app.json_scan import check_json_cost
 from app.oip.models import Answer, InputTensor, Target, Value
 from app.oip.tensors import datatype_of, to_bytes
 
@@ -65,6 +66,7 @@ def parse(body: bytes, header_length: str | None) -> InferRequest:
     """An infer request body -> its JSON fields and each input's data, refusing every
     inconsistency with a 400 that says which."""
     end = _header_length(header_length, body)
+    check_json_cost(body, end, bulk="binary tensor data (parameter binary_data_size)")
     try:
         header = orjson.loads(body[:end])
     except orjson.JSONDecodeError as exc:

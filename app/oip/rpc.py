@@ -9,6 +9,7 @@ the typed boundary around them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -22,6 +23,7 @@ from app.config import Settings
 from app.errors import known_failure
 from app.oip import SERVER_METADATA, inference_pb2, models
 from app.oip import inference_pb2_grpc as services
+from app.oip.admission import AdmissionInterceptor, Guards
 from app.oip.models import Answer, InputTensor, Target, Value
 from app.oip.rpc_extensions import TritonExtensions
 from app.oip.tensors import datatype_of, to_bytes
@@ -42,8 +44,15 @@ _CODES = {
 }
 # Where typed (not raw) contents hold each datatype's values.
 _CONTENTS = {"FP32": "fp32_contents", "UINT8": "uint_contents", "BOOL": "bool_contents"}
-# Seconds a stopping server gives calls in flight to finish.
-STOP_GRACE_S = 10.0
+# The most typed values (fp32_contents, ...) one input may hold: converting them holds
+# the GIL (4 M took 0.6 s, the event loop stalled as long), and each costs 8 bytes on
+# the way where raw_input_contents costs its own bytes only. 256 MNIST images are
+# 200,704 values; bulk and larger images go as raw_input_contents, as tritonclient
+# sends them.
+MAX_TYPED_VALUES = 2**18
+# The numpy type each typed field converts to: protobuf's own, so nothing wraps or
+# rounds before the datatype's range check (app.oip.tensors.from_list).
+_TYPED_DTYPES = {"fp32_contents": np.float32, "uint_contents": np.uint32, "bool_contents": np.bool_}
 
 
 def _value(parameter: inference_pb2.InferParameter) -> Value | None:
@@ -89,7 +98,16 @@ def _inputs(request: inference_pb2.ModelInferRequest) -> list[InputTensor]:
             tensors.append(InputTensor(name, datatype, shape, raw=raw[i]))
             continue
         field = _CONTENTS.get(datatype)  # None: refused for its datatype before it is read
-        values = np.asarray(getattr(tensor.contents, field)) if field else np.empty(0)
+        values = np.empty(0)
+        if field:
+            typed = getattr(tensor.contents, field)
+            if len(typed) > MAX_TYPED_VALUES:
+                raise _Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"input {name!r} has {len(typed)} values in {field}; typed contents hold "
+                    f"at most {MAX_TYPED_VALUES}: send larger tensors as raw_input_contents",
+                )
+            values = np.array(typed, dtype=_TYPED_DTYPES[field])
         tensors.append(InputTensor(name, datatype, shape, values=values))
     return tensors
 
@@ -228,16 +246,24 @@ def _address(host: str, port: int) -> str:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, registry: Registry) -> AsyncIterator[None]:
+async def serving(settings: Settings, registry: Registry, guards: Guards) -> AsyncIterator[None]:
     """The gRPC service on VAE_HOST:VAE_GRPC_PORT for the body of the `with`; a port that
-    cannot be bound stops the startup, as a taken HTTP port does."""
+    cannot be bound stops the startup, as a taken HTTP port does.
+
+    It stops when HTTP does: when `guards.stopping` is set (uvicorn stops accepting,
+    after the drain), calls in flight get VAE_SHUTDOWN_GRACE_S alongside HTTP's, so the
+    whole shutdown takes drain + grace, as the manifests' kill deadline allows."""
     server = grpc.aio.server(
+        interceptors=[AdmissionInterceptor(guards)],
+        # grpcio refuses calls past this with RESOURCE_EXHAUSTED before reading them:
+        # the bound on messages its core holds whole (docs/limits.md).
+        maximum_concurrent_rpcs=settings.grpc_max_concurrency,
         options=[
             # The same body limit as HTTP; grpc's own default is 4 MiB.
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             # Off: with it, a second server would share a taken port without a word.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     service = InferenceService(registry, settings)
     services.add_GRPCInferenceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
@@ -248,7 +274,14 @@ async def serving(settings: Settings, registry: Registry) -> AsyncIterator[None]
         raise RuntimeError(f"cannot serve gRPC on {address}: {exc}") from None
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s", address)
+
+    async def stop_with_http() -> None:
+        await guards.stopping.wait()
+        await server.stop(settings.shutdown_grace_s)
+
+    stopped = asyncio.create_task(stop_with_http(), name="grpc:stop")
     try:
         yield
     finally:
-        await server.stop(STOP_GRACE_S)
+        guards.stopping.set()  # a lifespan that ends without uvicorn's shutdown (tests)
+        await stopped

@@ -6,11 +6,13 @@ public API as any client, so it needs no route of its own beyond its files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.responses import FileResponse
-from starlette.staticfiles import StaticFiles
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import PathLike, StaticFiles
+from starlette.types import Scope
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "page"
 ASSETS = "/page"
@@ -36,7 +38,19 @@ async def index() -> FileResponse:
     )
 
 
+class PageFiles(StaticFiles):
+    """The page's files with its policy: /page/index.html is the page too, and framed
+    or fed a foreign script there it would be as exposed as at `/`."""
+
+    def file_response(
+        self, full_path: PathLike, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
+
 def add_page(app: FastAPI) -> None:
     """Serve the page at `/` and its files under /page/, outside the API schema."""
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
-    app.mount(ASSETS, StaticFiles(directory=PAGE_DIR), name="page")
+    app.mount(ASSETS, PageFiles(directory=PAGE_DIR), name="page")
