@@ -30,7 +30,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.structure.pages import Page
 from pydantic.fields import FieldInfo
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
@@ -224,13 +224,23 @@ def _unlisted_routes(app: FastAPI) -> list[str]:
         "| path | methods | what |",
         "| --- | --- | --- |",
     ]
+    # FastAPI's own routes have no docstring of ours to show.
+    known = {
+        app.openapi_url: "This schema, as JSON.",
+        app.docs_url: "Interactive documentation (Swagger UI).",
+        app.swagger_ui_oauth2_redirect_url: "Swagger UI's OAuth2 redirect.",
+        app.redoc_url: "The same documentation as ReDoc.",
+    }
     for path, route in _routes(app.routes):
         if getattr(route, "include_in_schema", False):
             continue
         methods = ", ".join(sorted(getattr(route, "methods", None) or ["GET"]))
-        endpoint = getattr(route, "endpoint", None)
-        what = (getattr(endpoint, "__doc__", None) or getattr(route, "name", "") or "").strip()
-        lines.append(f"| `{path}` | {methods} | {_cell(what.splitlines()[0] if what else '')} |")
+        if isinstance(route, Mount):
+            what = f"Static files, under the name `{getattr(route, 'name', '')}`."
+        else:
+            doc = getattr(getattr(route, "endpoint", None), "__doc__", None) or ""
+            what = known.get(path) or (doc.strip().splitlines() or [""])[0]
+        lines.append(f"| `{path}` | {methods} | {_cell(what)} |")
     return [*lines, ""]
 
 
