@@ -29,7 +29,7 @@ COPY vae_contract ./vae_contract
 # The runtime needs no installer, and byte code only for what the service imports
 # at startup (compiling all of site-packages, onnxruntime's own tooling included,
 # adds 46 MB). Then what the service never loads goes, each measured on the venv
-# (README, Image size):
+# (docs/deploy.md, Image size):
 # - onnxruntime's libonnxruntime.so, 35 MB: a second copy of the runtime for C API
 #   users; the Python binding has the runtime built in and never loads it;
 # - symbols and debug sections of the shared libraries, 20 MB (uvloop alone 12):

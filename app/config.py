@@ -147,7 +147,9 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the gRPC Open Inference Protocol service (same host); 0: off.",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Least severe log records written, by vae-serve and uvicorn."
+    )
 
     @field_validator("default_model")
     @classmethod

@@ -177,7 +177,7 @@ def _json_images(body: bytes, max_images: int) -> ImageBody:
 async def _parsed(body: bytes, parse: Callable[[bytes, int], T], limit: int) -> T:
     """Parse a body on the event loop when small, else in a worker thread, where checking
     and converting the lists shares the GIL with the loop (orjson's parse itself holds it:
-    16 MB of JSON delays other requests for as long, which the README warns of)."""
+    16 MB of JSON delays other requests for as long, which docs/api.md warns of)."""
     if len(body) <= _INLINE_BYTES:
         return parse(body, limit)
     return await asyncio.to_thread(parse, body, limit)

@@ -60,7 +60,7 @@ RECIPE = [
     "5000",
     "--seed",
     "0",
-]  # fmt: skip  (README, "The bundled model")
+]  # fmt: skip  (docs/training.md, "The bundled model")
 SMOKE = ["--max-steps", "30", "--eval-k", "10", "--eval-limit", "500", "--no-report"]
 
 

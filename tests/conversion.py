@@ -1,6 +1,7 @@
-"""The README's "Input conversion" tables, parsed: the reference the codec tests compare with.
+"""The "Input conversion" tables (docs/input.md), parsed: the reference the codec tests
+compare with.
 
-Nothing here imports app/: what an input becomes is read from the README's words and
+Nothing here imports app/: what an input becomes is read from the documentation's words and
 formulas (evaluated as written), so a test that compares app/ with `documented_x`
 checks the code against its documentation, row by row.
 """
@@ -14,21 +15,21 @@ import numpy as np
 from app_support import ROOT
 from PIL import Image
 
-README = ROOT / "README.md"
+INPUT_PAGE = ROOT / "docs" / "input.md"
 CHANNELS = {"L": 1, "L, A": 2, "R, G, B": 3, "R, G, B, A": 4}
 READ_AS = {count: names for names, count in CHANNELS.items()}
 
 
 def section(heading: str) -> str:
-    """The text under a README heading (any level), up to the next heading."""
-    text = README.read_text()
+    """The text under a heading of docs/input.md (any level), up to the next heading."""
+    text = INPUT_PAGE.read_text()
     match = re.search(rf"^#+ {re.escape(heading)}\n(.*?)(?=^#+ |\Z)", text, re.M | re.S)
-    assert match, f"README.md has no section {heading!r}"
+    assert match, f"docs/input.md has no section {heading!r}"
     return match[1]
 
 
 def tables(heading: str) -> list[list[dict[str, str]]]:
-    """Every markdown table of a README section, as rows of {header: cell}."""
+    """Every markdown table of a section, as rows of {header: cell}."""
     found = []
     for block in re.findall(r"((?:^\|.*\|\n)+)", section(heading), re.M):
         lines = [
@@ -64,7 +65,7 @@ def read_as(cell: str) -> str:
 
 @cache
 def formulas() -> dict[tuple[str, int], str]:
-    """{(read as, model channels): the README's formula as Python}."""
+    """{(read as, model channels): the documented formula as Python}."""
     found = {}
     for row in table("Input conversion", "read as"):
         for channels, column in ((1, "grey model (C = 1)"), (3, "RGB model (C = 3)")):
@@ -76,11 +77,11 @@ def formulas() -> dict[tuple[str, int], str]:
 
 
 def documented_x(pixels: np.ndarray, full_scale: float, channels: int) -> np.ndarray:
-    """(C, H, W) channels on their full scale -> the x (channels, H, W) the README promises."""
+    """(C, H, W) channels on their full scale -> the x (channels, H, W) docs/input.md promises."""
     names = READ_AS[len(pixels)].split(", ")
     values = {name: plane.astype(np.float64) for name, plane in zip(names, pixels, strict=True)}
     python = formulas()[(READ_AS[len(pixels)], channels)]
-    x = np.asarray(eval(python, {"np": np}, {**values, "S": float(full_scale)}))  # the README's
+    x = np.asarray(eval(python, {"np": np}, {**values, "S": float(full_scale)}))  # the documented
     return x[None] if x.ndim == 2 else x
 
 
@@ -90,12 +91,12 @@ _PILLOW_MODE = {"L": "L", "L, A": "LA", "R, G, B": "RGB", "R, G, B, A": "RGBA"}
 
 @cache
 def mode_rows() -> dict[str, dict[str, str]]:
-    """{Pillow mode: its row of the README's table of image modes}."""
+    """{Pillow mode: its row of the documented table of image modes}."""
     return {code(row["mode"]): row for row in table("Input conversion", "mode")}
 
 
 def file_channels(image: Image.Image) -> tuple[np.ndarray, float]:
-    """What the README says a decoded file is read as: (C, H, W) channels and S."""
+    """What docs/input.md says a decoded file is read as: (C, H, W) channels and S."""
     row = mode_rows()[image.mode]
     names, full = read_as(row["read as"]), float(row["S"].split()[0])
     if full == 255:
@@ -107,6 +108,6 @@ def file_channels(image: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def documented_file_x(image: Image.Image, channels: int) -> np.ndarray:
-    """The x (channels, H, W) the README promises for a decoded, upright image."""
+    """The x (channels, H, W) docs/input.md promises for a decoded, upright image."""
     pixels, full = file_channels(image)
     return documented_x(pixels, full, channels)

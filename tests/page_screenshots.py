@@ -1,4 +1,5 @@
-"""Screenshots of the page for the README: docs/page/desktop.png and docs/page/phone.png.
+"""Screenshots of the page for the README and the site: docs/page/desktop.png and
+docs/page/phone.png.
 
     .venv/bin/python tests/page_screenshots.py
 

@@ -251,7 +251,7 @@ def test_on_the_fashion_model_typicality_catches_digits_and_noise_where_each_sco
 ):
     """The bundled fashion-mnist/1, 200 real test images of each: digits look *more*
     normal than clothes to elbo, noise looks normal to complexity (it cannot be
-    compressed); typicality flags both. AUROC 0.95 is the README's goal."""
+    compressed); typicality flags both. AUROC 0.95 is the goal of docs/anomaly.md."""
     n = 200
     clothes, digits = (data.load(SHARED_DATA / name).test for name in ("fashion-mnist", "mnist"))
     assert clothes is not None and digits is not None

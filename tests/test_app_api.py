@@ -171,7 +171,8 @@ def other_inputs(digit: np.ndarray) -> dict[str, bytes]:
 def test_every_image_kind_encodes_as_its_documented_pixels(
     client: TestClient, ref: Reference, mnist: np.ndarray, kind: str
 ) -> None:
-    """The README's conversion of the upright, decoded picture, through the encoder graph."""
+    """The documented conversion (docs/input.md) of the upright, decoded picture, through
+    the encoder graph."""
     data = other_inputs(mnist[0])[kind]
     rows = results(client.post("/encode", **files(data)))
     shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))

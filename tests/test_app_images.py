@@ -1,5 +1,6 @@
 """Image and array codecs (app/images.py, app/pixels.py): what is accepted, converted,
-and refused. The README's conversion tables are checked row by row in test_input_table.py."""
+and refused. The conversion tables of docs/input.md are checked row by row in
+test_input_table.py."""
 
 from __future__ import annotations
 

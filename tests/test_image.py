@@ -98,7 +98,7 @@ def base_image() -> str:
 
 @pytest.fixture(scope="session")
 def image(base_image: str) -> Iterator[str]:
-    """The default target, built as the README says, tagged for this session only."""
+    """The default target, built as docs/deploy.md says, tagged for this session only."""
     tag = f"vae-serve:test-{os.getpid()}"
     build_with = ["--network", "host", "--build-arg", f"PYTHON_IMAGE={base_image}"]
     build = subprocess.run(

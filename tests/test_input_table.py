@@ -1,6 +1,6 @@
-"""The README's "Input conversion" tables, checked row by row against app/.
+"""The "Input conversion" tables (docs/input.md), checked row by row against app/.
 
-Each row is parsed from README.md (tests/conversion.py) and its claim is made true
+Each row is parsed from docs/input.md (tests/conversion.py) and its claim is made true
 or false by the service's codecs: the formulas are evaluated as written, every
 format a mode is listed under is written by Pillow and decoded by the service.
 """

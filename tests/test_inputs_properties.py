@@ -1,7 +1,7 @@
 """Property-based tests of the input codecs: whatever a client sends, the answer is a 4xx
-with a string detail, or pixels equal to the README's documented conversion.
+with a string detail, or pixels equal to the documented conversion (docs/input.md).
 
-The reference (tests/conversion.py) is the README's tables, evaluated as written; the
+The reference (tests/conversion.py) is docs/input.md's tables, evaluated as written; the
 search is deterministic and small in CI (the "ci" profile in conftest.py).
 """
 
@@ -31,7 +31,7 @@ from vae_contract.manifest import InputSpec
 H, W = 4, 3  # small, so that random shapes often fit the model
 SPECS = {c: InputSpec(channels=c, height=H, width=W) for c in (1, 3)}
 MAX_IMAGES = 8
-# The README's full scale of each accepted dtype ("dtype" table); the rest are refused.
+# The documented full scale of each accepted dtype ("dtype" table); the rest are refused.
 FULL_SCALE = {"uint8": 255.0, "uint16": 65535.0, "bool": 1.0}
 
 
@@ -47,7 +47,7 @@ def outcome(call: Callable[[], np.ndarray]) -> np.ndarray | ServiceError:
 
 
 def documented_array_x(array: np.ndarray, channels: int) -> np.ndarray | None:
-    """The README's x for a pixel array (None: refused), from its "Input conversion" words:
+    """The documented x for a pixel array (None: refused), from its "Input conversion" words:
     N×H×W is grey; of N×C×H×W and N×H×W×C the model's own layout wins; 1-4 channels."""
     if array.dtype.kind == "f":
         if array.size and not (np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1):
@@ -92,7 +92,7 @@ SHAPES = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5)
 
 @st.composite
 def valid_shapes(draw: st.DrawFn) -> tuple[int, ...]:
-    """Shapes the README accepts: N×H×W, N×C×H×W or N×H×W×C, C of 1-4."""
+    """Shapes docs/input.md accepts: N×H×W, N×C×H×W or N×H×W×C, C of 1-4."""
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     return draw(st.sampled_from([(n, H, W), (n, c, H, W), (n, H, W, c)]))
 
@@ -247,7 +247,7 @@ MNIST = InputSpec(channels=1, height=28, width=28)
 
 
 def check_file(data: bytes, spec: InputSpec) -> None:
-    """A 4xx, or the README's conversion of the upright picture Pillow decodes."""
+    """A 4xx, or the documented conversion of the upright picture Pillow decodes."""
     got = outcome(lambda: decode_images([data], spec, scale=255.0, max_pixels=10**6, resize=False))
     if isinstance(got, ServiceError):
         return

@@ -625,24 +625,23 @@ def test_a_taken_grpc_port_stops_the_startup(model_store: Path, tmp_path: Path) 
     assert f"cannot serve gRPC on 127.0.0.1:{port}" in done.stdout + done.stderr
 
 
-# -- the README's tritonclient example runs as written -----------------------------------
+# -- the documented tritonclient example runs as written ---------------------------------
 
 
-def readme_python_example() -> str:
-    """The ```python block of the README's Open Inference Protocol section."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n### Open Inference Protocol", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert len(blocks) == 1, "the section has one Python example"
+def documented_python_example() -> str:
+    """The ```python block of docs/protocol.md, the Open Inference Protocol's page."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1, "the page has one Python example"
     return str(blocks[0])
 
 
 @pytest.mark.slow
-def test_the_readmes_tritonclient_example_works(tmp_path: Path) -> None:
+def test_the_documented_tritonclient_example_works(tmp_path: Path) -> None:
     port = free_port()
     bundled = ROOT / "model_store"
     with serve(bundled, tmp_path, VAE_GRPC_PORT=str(port), VAE_RELOAD_INTERVAL_S="0") as server:
-        script = readme_python_example()
+        script = documented_python_example()
         assert "127.0.0.1:8000" in script and "127.0.0.1:8001" in script
         script = script.replace("127.0.0.1:8000", server.url.removeprefix("http://"))
         script = script.replace("127.0.0.1:8001", f"127.0.0.1:{port}")

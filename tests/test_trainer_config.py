@@ -117,12 +117,14 @@ def test_refusals_end_in_one_error_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Traceback" not in err and not (tmp_path / "s").exists()
 
 
-def readme_train_commands() -> list[list[str]]:
-    """Every vae-train (or torchrun -m trainer.train) command in the README, as argv."""
+def documented_train_commands() -> list[list[str]]:
+    """Every vae-train (or torchrun -m trainer.train) command in the README and the
+    documentation's pages, as argv."""
     import re
     import shlex
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted(root.glob("docs/*.md"))])
     text = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
     inline = r"`vae-train ([^`]*)`"
     text = re.sub(inline, lambda m: "\nvae-train " + m[1].replace("\n", " ") + "\n", text)
@@ -134,8 +136,8 @@ def readme_train_commands() -> list[list[str]]:
     return commands
 
 
-def test_every_training_command_in_the_readme_parses() -> None:
-    commands = readme_train_commands()
+def test_every_documented_training_command_parses() -> None:
+    commands = documented_train_commands()
     assert len(commands) >= 5  # quick start, bundled, fashion-mnist, two torchrun
     for argv in commands:
         parse_args(argv)  # exits 2 on a flag the trainer no longer has

@@ -39,7 +39,7 @@ ONE_CLASS_MODEL = [
     "--validation", "0.1", "--eval-k", "100", "--eval-limit", "1000", "--no-report",
 ]  # fmt: skip
 ONE_CLASS_EPOCHS = 20
-GOAL = 0.95  # the AUROC every out-of-distribution set should reach (README)
+GOAL = 0.95  # the AUROC every out-of-distribution set should reach (docs/anomaly.md)
 
 
 def detection(normal: np.ndarray, anomalous: np.ndarray) -> dict[str, float]:

@@ -56,7 +56,7 @@ _IMAGES_BODY: dict[str, Any] = {
             "Images as multipart files in the field `images`, as JSON (base64 image files "
             "or pixel arrays N×H×W, N×C×H×W or N×H×W×C of floats in [0, 1]), as a .npy body "
             "(uint8, uint16, bool or floats in [0, 1], the same layouts), or as one raw image "
-            "body. README.md, Input conversion, says what each becomes."
+            "body. docs/input.md (Input conversion) says what each becomes."
         ),
         "content": {
             "multipart/form-data": {
