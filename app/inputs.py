@@ -26,6 +26,7 @@ from starlette.requests import Request
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.images import decode_images, load_npy, to_model_input
+from app.pixels import Resize
 from vae_contract.manifest import Manifest
 
 T = TypeVar("T")
@@ -210,7 +211,7 @@ async def read_image_body(
     return parsed
 
 
-def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: bool) -> np.ndarray:
+def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: Resize) -> np.ndarray:
     """A parsed body -> the model's x, float32 (N, C, H, W) in [0, 1]. Blocking."""
     scale = manifest.preprocessing.scale
     if body.files is not None:
@@ -232,7 +233,7 @@ async def read_images(
     manifest: Manifest,
     settings: Settings,
     *,
-    resize: bool,
+    resize: Resize,
     body: bytes | None = None,
 ) -> np.ndarray:
     """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated.
@@ -246,7 +247,7 @@ async def read_images(
 
 
 async def pixels_to_x(
-    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: bool = False
+    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: Resize = False
 ) -> np.ndarray:
     """A pixel array of any accepted layout and dtype -> x, float32 (N, C, H, W), validated
     (app/pixels.py's rule, as for every image input)."""
