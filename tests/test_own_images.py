@@ -152,3 +152,16 @@ def test_vae_anomaly_scores_the_held_out_test_split_only(photos: Path, tmp_path:
     held_out = manifest_of(version)["training"]["data"]["n_test"]
     assert held_out == 15  # 25 % of 60
     assert (row["n_in"], row["n_out"]) == (held_out, held_out)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_the_bundled_versions_keep_their_thresholds_at_the_default_fpr(name: str) -> None:
+    """5,000 validation images (typicality: 2,500): fpr 0.01 stands as before; only
+    rates the images cannot back are withheld."""
+    root = Path(__file__).resolve().parents[1] / "model_store" / name
+    for version in sorted(p for p in root.iterdir() if p.name.isdigit()):
+        calibration = Calibration.model_validate(manifest_of(version)["calibration"])
+        for score in ("elbo", "typicality", "iwae", "complexity"):
+            assert rule.threshold_problem(calibration, score, 0.01) is None
+            assert threshold(calibration, score, 0.01) is not None
+            assert rule.threshold_problem(calibration, score, 0.001) is not None

@@ -89,8 +89,8 @@ def full_scale(dtype: np.dtype, scale: float = 255.0) -> float:
 
 
 def centre_box(width: int, height: int, aspect: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The largest centred (left, top, right, bottom) box of a width×height picture with
-    the height:width ratio of `aspect` (H, W)."""
+    """The largest centred (left, top, right, bottom) box of a picture `width` wide and
+    `height` high with the height:width ratio of `aspect` (H, W)."""
     ah, aw = aspect
     cw, ch = (
         (width, round(width * ah / aw))
