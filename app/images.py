@@ -1,8 +1,9 @@
 """Body codecs: image files and .npy bodies -> arrays, refused before they cost memory.
 
 Everything here is synchronous and pure; the routes call it before anything is
-queued, so a bad image is refused on its own and never fails a batch. What the
-pixels then become is app/pixels.py's one rule.
+queued, so a bad image is refused on its own and never fails a batch. How a file
+becomes pixels (orientation, bit depth) is vae_contract.images, the rule the trainer
+reads its folders by; what the pixels then become is app/pixels.py's checks around it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 One rule for every input: arrays sent as JSON or .npy and the pixels decoded from
 image files all pass through `to_model_input`, so grey is made RGB, RGB grey, alpha
-is composited and 16-bit values are scaled the same way whatever carried them. The
-README's "Input conversion" tables state the rule; tests/test_input_table.py runs them.
+is composited and 16-bit values are scaled the same way whatever carried them. This
+module checks what a request sent; the conversion itself is vae_contract.images, the
+rule the trainer's loaders use too. The README's "Input conversion" tables state the
+rule; tests/test_input_table.py runs them.
 """
 
 from __future__ import annotations
