@@ -35,7 +35,6 @@ from vae_contract import images
 Array = NDArray[np.uint8]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-ORIENTATION = 0x0112  # the EXIF tag the decode rule turns pictures upright by
 # An aspect ratio may change this much (relative) before a resize counts as distortion.
 ASPECT_TOLERANCE = 0.02
 
@@ -230,9 +229,7 @@ def list_folder(root: Path) -> Listing:
         digest.update(f"{rel}\0{nbytes}\0{mtime}\n".encode())
         try:
             with Image.open(root / rel) as image:  # lazy: parses the header only
-                # EXIF orientations 5-8 turn the picture a quarter: upright, it is w×h.
-                turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-                sizes.add((image.width, image.height) if turned else (image.height, image.width))
+                sizes.add(images.upright_size(image))  # as the decode rule turns it
                 colour = colour or _is_colour(image)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{root / rel}: not a readable image ({e})") from e

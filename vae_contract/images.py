@@ -34,6 +34,7 @@ _EIGHT_BIT = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBX": 
               "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBA": "RGBA",
               "RGBa": "RGBA"}  # fmt: skip
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+ORIENTATION = 0x0112  # the EXIF tag of how a picture is turned upright
 # ITU-R BT.601 luma, the weights of Pillow's convert("L").
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -51,6 +52,16 @@ def orient(image: Image.Image) -> bool:
     except Exception:  # Pillow's EXIF parser raises many kinds on corrupt tags
         return False
     return True
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(H, W) of a lazily opened picture once `orient` has turned it, from its header:
+    EXIF orientations 5-8 turn it a quarter. A PNG's EXIF is read only when it comes
+    before the pixels (Pillow would decode the whole file to look further)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return image.height, image.width
+    turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    return (image.width, image.height) if turned else (image.height, image.width)
 
 
 def native_pixels(image: Image.Image) -> np.ndarray:
