@@ -7,6 +7,8 @@ Tiny data (crops of scikit-image's bundled photos) and one short epoch.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -47,7 +49,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         argv = ["--data", str(folder), "--out", str(root / "store" / "photos"), *SMALL]
-        assert train(argv) == 0
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            assert train(argv) == 0
+    (root / "said").write_text(said.getvalue())
     return root
 
 
@@ -75,6 +80,9 @@ def test_a_small_calibration_records_what_it_cannot_back(photos: Path) -> None:
     assert "no detector fitted on 5 held-out images" in problems["typicality"]
     assert f"score=elbo was calibrated on {n}" in problems["elbo"]
     assert "needs at least 1000 held-out normal images" in problems["elbo"]
+    said = (photos / "said").read_text()  # and the trainer says so, where it was silent
+    assert f"vae-train: calibration: typicality: {problems['typicality']}" in said
+    assert "vae-train: checkpoints: runs/photos/2" in said
 
 
 def test_the_rule_withholds_thresholds_the_images_cannot_back() -> None:

@@ -294,6 +294,7 @@ def publish(
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
         shape = Shape(*train.shape[1:])
+        calibrated = calibration(graphs, likelihood, validation)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": model_dir.name,
@@ -333,9 +334,11 @@ def publish(
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
-            "calibration": calibration(graphs, likelihood, validation),
+            "calibration": calibrated,
         }
         Manifest.model_validate(manifest)  # never publish what the service would refuse
+        for name, problem in calibrated["problems"].items():
+            print(f"vae-train: calibration: {name}: {problem}", file=sys.stderr)
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if c.report:
             _write_report(staged / "report", graphs, likelihood, test, state.history, c.seed)
