@@ -1,8 +1,9 @@
 """Body codecs: image files and .npy bodies -> arrays, refused before they cost memory.
 
 Everything here is synchronous and pure; the routes call it before anything is
-queued, so a bad image is refused on its own and never fails a batch. What the
-pixels then become is app/pixels.py's one rule.
+queued, so a bad image is refused on its own and never fails a batch. How a file
+becomes pixels (orientation, bit depth) is vae_contract.images, the rule the trainer
+reads its folders by; what the pixels then become is app/pixels.py's checks around it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import (
     BadRequest,
@@ -23,7 +24,8 @@ from app.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from app.pixels import count, size, to_model_input
+from app.pixels import Resize, count, size, to_model_input
+from vae_contract.images import ImageError, native_pixels, orient
 from vae_contract.manifest import InputSpec
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,6 @@ __all__ = ["FORMATS", "PixelBudget", "decode_image", "decode_images", "load_npy"
 
 # Formats Pillow decodes by itself. Not EPS or PDF: Pillow hands those to Ghostscript.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
-# Pillow modes -> the 8-bit mode whose channels are read (grey, grey and alpha, RGB, RGBA).
-# CMYK, YCbCr, LAB and HSV go through Pillow's conversion to RGB (no ICC profile).
-_EIGHT_BIT = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBX": "RGB",
-              "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBA": "RGBA",
-              "RGBa": "RGBA"}  # fmt: skip
-_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-# Signatures of files sent where a .npy was announced, for a useful refusal.
 _SIGNATURES = {
     b"\x89PNG": "a PNG image",
     b"\xff\xd8\xff": "a JPEG image",
@@ -67,7 +62,7 @@ class PixelBudget:
         pixels = width * height
         if pixels > self.left:
             raise PayloadTooLarge(
-                f"image {index} is {size(width, height)} pixels, which takes the request "
+                f"image {index} is {size(height, width)} pixels, which takes the request "
                 f"past its limit of {self.limit} decoded pixels"
             )
         self.left -= pixels
@@ -108,38 +103,21 @@ def _open(data: bytes, index: int, budget: PixelBudget) -> Image.Image:
         raise
     except Exception as exc:  # Pillow's parsers raise many kinds on corrupt input, none ours
         raise BadRequest(f"image {index} is corrupt or truncated: {exc}") from None
-    try:
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # unreadable EXIF: shown unrotated, as browsers show it
+    if not orient(image):
         log.info("image %d: unreadable EXIF data, orientation not applied", index)
     return image
 
 
 def _pixels(image: Image.Image, index: int) -> np.ndarray:
-    """A decoded picture -> (H, W, C) in its own bit depth: uint8, uint16 or float32."""
-    mode = image.mode
-    if mode in ("P", "PA"):  # a palette: RGB, with alpha when the palette has transparency
-        return np.asarray(image.convert("RGBA" if image.has_transparency_data else "RGB"))
-    if mode in _EIGHT_BIT:
-        pixels = np.asarray(image if mode == _EIGHT_BIT[mode] else image.convert(_EIGHT_BIT[mode]))
-    elif mode in _SIXTEEN_BIT:
-        pixels = np.asarray(image).astype(np.uint16)  # any byte order -> native
-    elif mode == "I" and image.format == "PPM":
-        pixels = np.asarray(image).astype(np.uint16)  # 16-bit PGM, scaled by Pillow to 0-65535
-    elif mode == "F":
-        pixels = np.asarray(image, dtype=np.float32)  # held to [0, 1], like float arrays
-    elif mode == "I":
-        raise UnsupportedMediaType(
-            f"image {index} has signed or 32-bit integer pixels, which have no range to scale by; "
-            "send 8- or 16-bit images, or 32-bit floats in [0, 1]"
-        )
-    else:
-        raise UnsupportedMediaType(f"image {index} has the pixel mode {mode!r}, not supported")
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+    """A decoded picture -> (H, W, C) in its own bit depth (vae_contract.images's rule)."""
+    try:
+        return native_pixels(image)
+    except ImageError as exc:
+        raise UnsupportedMediaType(f"image {index} has {exc}") from None
 
 
 def decode_image(
-    data: bytes, spec: InputSpec, *, index: int, budget: PixelBudget, scale: float, resize: bool
+    data: bytes, spec: InputSpec, *, index: int, budget: PixelBudget, scale: float, resize: Resize
 ) -> np.ndarray:
     """One image file (PNG, JPEG, BMP, ...) -> float32 (C, H, W) in [0, 1], the model's x."""
     if spec.channels not in (1, 3):
@@ -162,7 +140,7 @@ def decode_image(
 
 
 def decode_images(
-    files: list[bytes], spec: InputSpec, *, scale: float, max_pixels: int, resize: bool
+    files: list[bytes], spec: InputSpec, *, scale: float, max_pixels: int, resize: Resize
 ) -> np.ndarray:
     """Image files -> the model's x, float32 (N, C, H, W) in [0, 1]."""
     budget = PixelBudget(max_pixels)

@@ -22,6 +22,7 @@ from app.errors import Unprocessable
 from app.registry import ModelVersion
 from app.statistics import counted
 from vae_contract import bounds, scores
+from vae_contract import calibration as rule
 from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
 from vae_contract.manifest import Likelihood
 from vae_contract.scores import Statistics
@@ -204,12 +205,14 @@ async def assess(
     statistics = Statistics(found.elbo, found.kl, bits, entropy)
     anomaly = scores.anomaly(score, statistics, calibration)
     problem = scores.calibration_problem(calibration, score, manifest.input.shape)
+    # Too few held-out images for a threshold at this fpr withholds it, not the percentiles.
+    withheld = problem or rule.threshold_problem(calibration, score, fpr)
     return Assessment(
         score=score,
         bounds=found,
         statistics=statistics,
         anomaly_score=anomaly,
-        threshold=None if problem else scores.threshold(calibration, score, fpr),
+        threshold=None if withheld else scores.threshold(calibration, score, fpr),
         percentile=None if problem else scores.percentile(calibration, score, anomaly),
-        problem=problem,
+        problem=withheld,
     )

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.images import decode_images, load_npy, to_model_input
 from app.json_scan import check_json_cost
-from app.pixels import count
+from app.pixels import Resize, count
 from vae_contract.manifest import Manifest
 
 T = TypeVar("T")
@@ -214,7 +214,7 @@ async def read_image_body(
     return parsed
 
 
-def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: bool) -> np.ndarray:
+def to_x(body: ImageBody, manifest: Manifest, settings: Settings, *, resize: Resize) -> np.ndarray:
     """A parsed body -> the model's x, float32 (N, C, H, W) in [0, 1]. Blocking."""
     scale = manifest.preprocessing.scale
     if body.files is not None:
@@ -236,7 +236,7 @@ async def read_images(
     manifest: Manifest,
     settings: Settings,
     *,
-    resize: bool,
+    resize: Resize,
     body: bytes | None = None,
 ) -> np.ndarray:
     """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated.
@@ -248,13 +248,13 @@ async def read_images(
     # always go: a small file can still declare millions of pixels, and what they will
     # hold decoded is taken from the memory budget, read from their headers, first.
     assert parsed.files is not None
-    held = memory.files_bytes(parsed.files, max_pixels=settings.max_pixels, resize=resize)
+    held = memory.files_bytes(parsed.files, max_pixels=settings.max_pixels, resize=bool(resize))
     with memory.holding(held, f"decoding {count(len(parsed.files), 'image')}"):
         return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
 
 
 async def pixels_to_x(
-    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: bool = False
+    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: Resize = False
 ) -> np.ndarray:
     """A pixel array of any accepted layout and dtype -> x, float32 (N, C, H, W), validated
     (app/pixels.py's rule, as for every image input)."""

@@ -2,8 +2,10 @@
 
 One rule for every input: arrays sent as JSON or .npy and the pixels decoded from
 image files all pass through `to_model_input`, so grey is made RGB, RGB grey, alpha
-is composited and 16-bit values are scaled the same way whatever carried them. The
-"Input conversion" tables of docs/input.md state the rule; tests/test_input_table.py runs them.
+is composited and 16-bit values are scaled the same way whatever carried them. This
+module checks what a request sent; the conversion itself is vae_contract.images, the
+rule the trainer's loaders use too. The "Input conversion" tables of docs/input.md state
+the rule; tests/test_input_table.py runs them.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from app.errors import PayloadTooLarge, Unprocessable
+from vae_contract import images
 from vae_contract.manifest import InputSpec
 
 Layout = Literal["NCHW", "NHWC"]
+# What a request asks of an image of another size than the model's: a refusal (False),
+# a resize to the model's size (True, "stretch"), or the trainer's aspect-preserving
+# centre crop first ("crop").
+Resize = bool | images.Fit
 # Channel counts converted to the model's: grey, grey and alpha, RGB, RGB and alpha.
 COLOURS = (1, 2, 3, 4)
-# ITU-R BT.601 luma, the weights of Pillow's convert("L").
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def size(width: int, height: int) -> str:
-    return f"{width}×{height}"
+def size(height: int, width: int) -> str:
+    """A picture's size as the trainer, the manifest and numpy write it: height×width."""
+    return f"{height}×{width}"
 
 
 def count(n: int, noun: str) -> str:
@@ -51,7 +56,7 @@ def _expected(spec: InputSpec) -> str:
     return f"{grey}N×{c}×{h}×{w} or N×{h}×{w}×{c}"
 
 
-def _layout(shape: tuple[int, ...], spec: InputSpec, resize: bool) -> Layout:
+def _layout(shape: tuple[int, ...], spec: InputSpec, resize: Resize) -> Layout:
     """Which axis of (N, a, b, c) holds the channels: the model's own layout when both
     fit, then channels-last; with resize=true, whichever axis can, if only one can."""
     _, a, b, c = shape
@@ -64,7 +69,7 @@ def _layout(shape: tuple[int, ...], spec: InputSpec, resize: bool) -> Layout:
     if resize and first and last:
         raise Unprocessable(
             f"pixels of shape {_dims(shape)} could be N×C×H×W ({count(a, 'channel')} of "
-            f"{size(c, b)}) or N×H×W×C ({count(c, 'channel')} of {size(b, a)}); the model "
+            f"{size(b, c)}) or N×H×W×C ({count(c, 'channel')} of {size(a, b)}); the model "
             f"takes {_expected(spec)}: send one of those, or resize the images yourself"
         )
     if first or last:
@@ -75,7 +80,9 @@ def _layout(shape: tuple[int, ...], spec: InputSpec, resize: bool) -> Layout:
     )
 
 
-def _as_nchw(array: np.ndarray, spec: InputSpec, resize: bool, layout: Layout | None) -> np.ndarray:
+def _as_nchw(
+    array: np.ndarray, spec: InputSpec, resize: Resize, layout: Layout | None
+) -> np.ndarray:
     shape = array.shape
     if array.ndim == 3:
         n, h, w = shape
@@ -98,18 +105,15 @@ def _as_nchw(array: np.ndarray, spec: InputSpec, resize: bool, layout: Layout | 
 
 
 def full_scale(dtype: np.dtype, scale: float) -> float:
-    """The value that means 1.0: uint8 by the manifest's scale, uint16 by 257 times it
-    (65535 for 255), floats and booleans by 1."""
-    if dtype == np.uint8:
-        return scale
-    if dtype == np.uint16:
-        return scale * 257
-    if dtype.kind in "fb":
-        return 1.0
-    raise Unprocessable(
-        f"pixels must be uint8 (0-255), uint16 (0-65535), bool or floats in [0, 1]; got dtype "
-        f"{dtype}" + (" (convert with .astype(np.uint8))" if dtype.kind in "iu" else "")
-    )
+    """The value that means 1.0 (vae_contract.images.full_scale), or a refusal that says
+    which dtypes are taken."""
+    try:
+        return images.full_scale(dtype, scale)
+    except images.ImageError:
+        raise Unprocessable(
+            f"pixels must be uint8 (0-255), uint16 (0-65535), bool or floats in [0, 1]; got "
+            f"dtype {dtype}" + (" (convert with .astype(np.uint8))" if dtype.kind in "iu" else "")
+        ) from None
 
 
 def _check_range(array: np.ndarray, name: str) -> None:
@@ -125,54 +129,13 @@ def _check_range(array: np.ndarray, name: str) -> None:
         )
 
 
-def _resize(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One float32 (h, w) plane -> (H, W), Lanczos in Pillow's float mode."""
-    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode F
-    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
-
-
-def _values(pixels: np.ndarray, spec: InputSpec, full: float, resize: bool) -> np.ndarray:
-    """(N, C, h, w) in the dtype's own scale -> float32 (N, C', H, W) in [0, 1], where C'
-    drops the alpha channel, composited on black (0), the background of MNIST-style data."""
-    n, channels, height, width = pixels.shape
-    alpha = channels in (2, 4) and channels != spec.channels
-    colours = channels - 1 if alpha else channels
-    resized = (height, width) != (spec.height, spec.width)
-    if not alpha and not resized:
-        x = pixels.astype(np.float32)
-        x /= np.float32(full)
-        return x
-    # Plane by plane, so a large image costs one float32 copy of one channel at a time.
-    x = np.empty((n, colours, spec.height, spec.width), np.float32)
-    for i in range(n):
-        opacity = pixels[i, -1].astype(np.float32) / np.float32(full) if alpha else None
-        for k in range(colours):
-            plane = pixels[i, k].astype(np.float32) / np.float32(full)
-            if opacity is not None:
-                plane *= opacity
-            x[i, k] = _resize(plane, spec.height, spec.width) if resized else plane
-    if resized:
-        np.clip(x, 0.0, 1.0, out=x)  # Lanczos overshoots at sharp edges
-    return x
-
-
-def _channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """Grey -> RGB by repeating it, RGB -> grey by its luma."""
-    if x.shape[1] == channels:
-        return x
-    if x.shape[1] == 1:
-        return np.repeat(x, channels, axis=1)
-    luma: np.ndarray = np.einsum("nchw,c->nhw", x, LUMA)[:, None]
-    return luma
-
-
 def to_model_input(
     array: np.ndarray,
     spec: InputSpec,
     *,
     scale: float,
     max_images: int,
-    resize: bool,
+    resize: Resize,
     name: str = "pixels",
     layout: Layout | None = None,
 ) -> np.ndarray:
@@ -181,7 +144,9 @@ def to_model_input(
     Layouts: N×H×W (grey), N×C×H×W, N×H×W×C (channels-last; `layout` fixes which when
     the caller knows). Dtypes: uint8 (/ scale), uint16 (/ 257·scale), bool, floats in
     [0, 1]. 1-4 channels (grey, grey+alpha, RGB, RGBA) are converted to the model's
-    channels; another size is refused unless `resize`. `name` words the errors.
+    channels; another size is refused unless `resize` (True or "stretch": resized to the
+    model's size; "crop": centre-cropped to its aspect ratio first, as the trainer's
+    --center-crop). `name` words the errors.
     """
     if array.ndim >= 1 and len(array) == 0:
         raise Unprocessable("the batch is empty: send at least one image")
@@ -196,12 +161,15 @@ def to_model_input(
             f"{spec.channels}{converted}"
         )
     if height == 0 or width == 0:
-        raise Unprocessable(f"{_says(name, 'is', 'are')} {size(width, height)}: no pixels at all")
+        raise Unprocessable(f"{_says(name, 'is', 'are')} {size(height, width)}: no pixels at all")
     if (height, width) != (spec.height, spec.width) and not resize:
         raise Unprocessable(
-            f"{_says(name, 'is', 'are')} {size(width, height)} pixels, the model expects "
-            f"{size(spec.width, spec.height)} (width×height); send resize=true to resize"
+            f"{_says(name, 'is', 'are')} {size(height, width)} pixels, the model expects "
+            f"{size(spec.height, spec.width)} (height×width); send resize=crop to centre-crop "
+            "to its aspect ratio and resize, or resize=true to resize"
         )
     full = full_scale(x.dtype, scale)
     _check_range(x, name)
-    return np.ascontiguousarray(_channels(_values(x, spec, full, resize), spec.channels))
+    fit: images.Fit = "crop" if resize == "crop" else "stretch"
+    shape = (spec.height, spec.width)
+    return np.ascontiguousarray(images.to_unit(x, spec.channels, shape, full, fit))

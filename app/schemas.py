@@ -174,6 +174,11 @@ class ScoreCalibrationInfo(BaseModel):
     k: int = Field(description="The k the score is computed at by default.")
     calibrated: bool = Field(description="Whether /elbo gives thresholds and percentiles.")
     problem: str | None = Field(description="Why not, when not.")
+    min_fpr: float | None = Field(
+        None,
+        description="The smallest fpr whose threshold the score's held-out images back "
+        "(n·fpr ≥ 10, docs/own-images.md); /elbo withholds thresholds below it.",
+    )
 
 
 class VersionInfo(BaseModel):

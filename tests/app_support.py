@@ -58,7 +58,7 @@ def require(available: bool, reason: str) -> None:
 TINY_MODEL = [
     "--architecture", "mlp", "--hidden", "32", "--latent-dim", "8", "--epochs", "1",
     "--max-steps", "30", "--batch-size", "128", "--eval-k", "2", "--eval-limit", "100",
-    "--validation", "500", "--no-report", "--threads", "2",
+    "--validation", "2000", "--no-report", "--threads", "2",
 ]  # fmt: skip
 
 

@@ -12,8 +12,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from trainer.anomaly import detection
-from vae_contract import scores
+from vae_contract import scores, typicality
 from vae_contract.manifest import Calibration, Compressor, Gaussian
+from vae_contract.scores import STATISTICS
 
 LEVELS = [0.0, 0.01, 0.5, 0.99, 1.0]
 
@@ -276,3 +277,16 @@ def test_detection_metrics() -> None:
     assert perfect == {"auroc": 1.0, "auprc": 1.0, "fpr_at_95_tpr": 0.0}
     # The threshold catching 95 of these anomalies (>= 55) also flags normal 55..99: 45%.
     assert result["fpr_at_95_tpr"] == pytest.approx(0.45)
+
+
+def test_a_typicality_distance_does_not_depend_on_the_rows_beside_it() -> None:
+    """LAPACK's solve picks its kernels by the number of rows: an image's distance
+    changed in its last bits with its batch-mates. Bit for bit, alone or together."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(300, 4)) * [10.0, 3.0, 1000.0, 20.0]
+    gaussian = Gaussian.model_validate(typicality.fit(values[:200], STATISTICS, "fit"))
+    together = typicality.distance(gaussian, values[200:])
+    alone = [typicality.distance(gaussian, values[i : i + 1])[0] for i in range(200, 300)]
+    eights = [typicality.distance(gaussian, values[i : i + 8]) for i in range(200, 300, 8)]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, np.concatenate(eights))

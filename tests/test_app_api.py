@@ -231,6 +231,28 @@ def test_resize_true_accepts_other_sizes(client: TestClient, mnist: np.ndarray) 
     assert len(results(client.post("/encode?resize=true", **files))) == 1
 
 
+def test_resize_crop_centre_crops_as_the_trainer_and_says_so(
+    client: TestClient, mnist: np.ndarray, ref: Reference
+) -> None:
+    """A digit on a wide canvas: resize=crop keeps its aspect ratio (crop, then resize),
+    resize=true squashes it; X-Resize says which rule was applied."""
+    wide = np.zeros((56, 112), np.uint8)
+    wide[:, 28:84] = np.asarray(Image.fromarray(mnist[0]).resize((56, 56)))
+    files = {"files": [("images", ("wide.png", image_file(wide), "image/png"))]}
+    cropped = client.post("/encode?resize=crop", **files)
+    squashed = client.post("/encode?resize=true", **files)
+    plain = client.post("/encode", files=[("images", ("d.png", image_file(mnist[0]), "image/png"))])
+    assert cropped.headers["X-Resize"] == "crop" and squashed.headers["X-Resize"] == "stretch"
+    assert plain.headers["X-Resize"] == "none"
+    mean_of = lambda r: np.asarray(results(r)[0]["mean"])  # noqa: E731
+    digit = mean_of(plain)
+    assert np.linalg.norm(mean_of(cropped) - digit) < np.linalg.norm(mean_of(squashed) - digit)
+    refused = client.post("/encode", **files)
+    assert refused.status_code == 422
+    assert "56×112 pixels, the model expects 28×28 (height×width)" in refused.json()["detail"]
+    assert "resize=crop" in refused.json()["detail"]
+
+
 # -- /elbo ---------------------------------------------------------------------------------
 
 

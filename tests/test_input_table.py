@@ -244,7 +244,7 @@ def test_orientation_comes_before_the_size_check() -> None:
     x = decode(saved(portrait, "PNG", exif=exif), 1)
     assert x.shape == (1, H, W)
     error = refusal(lambda: decode(saved(portrait, "PNG"), 1))  # unrotated it is the wrong size
-    assert f"{H}×{W} pixels, the model expects {W}×{H}" in error.detail
+    assert f"{W}×{H} pixels, the model expects {H}×{W}" in error.detail
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -55,11 +55,20 @@ def detection(normal: np.ndarray, anomalous: np.ndarray) -> dict[str, float]:
 
 
 def test_images(source: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A dataset's test split (its own, e.g. t10k, else all of it) and labels if any."""
+    """A data set's test split (its own, e.g. t10k, else all of it) and labels if any:
+    for out-of-distribution sets and one-class experiments, never trained on."""
     dataset = datasets.load(source)
     if dataset.test is not None:
         return datasets.array(dataset.test), dataset.test_labels
     return datasets.array(dataset.train), dataset.train_labels
+
+
+def held_out(source: str, manifest: Manifest) -> np.ndarray:
+    """The normal test images of a version's own training data: the test split the
+    trainer held out (vae-eval's), drawn again from the manifest's training config, so
+    no training or validation image is scored as a normal test image."""
+    _, _, test = datasets.as_trained(source, manifest.training)
+    return test
 
 
 class Scorer:
@@ -190,6 +199,8 @@ def _rows(
             "out": out,
             "kind": kind,
             "score": name,
+            "n_in": len(normal[name]),
+            "n_out": len(anomalous[name]),
             **detection(normal[name], anomalous[name]),
         }
         for name in normal
@@ -199,8 +210,7 @@ def _rows(
 def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One model: its in-distribution test set against each other data set and shift."""
     scorer = Scorer(args.version_dir, tuple(args.scores), args.k)
-    normal_images, _ = test_images(args.in_data)
-    normal_images = normal_images[: args.limit]
+    normal_images = held_out(args.in_data, scorer.manifest)[: args.limit]
     normal = scorer(normal_images)
     model = f"{args.version_dir.parent.name}/{args.version_dir.name}"
     outs: list[tuple[str, str, np.ndarray]] = [

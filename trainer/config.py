@@ -145,7 +145,9 @@ class TrainConfig:
     threads: int | None = field(
         default=None, metadata=_opt("torch intra-op threads (default: torch's choice)")
     )
-    checkpoint_dir: str | None = field(default=None, metadata=_opt("default: runs/<name>"))
+    checkpoint_dir: str | None = field(
+        default=None, metadata=_opt("default: runs/<name>/<n>, a new n for each run")
+    )
     resume: str | None = field(default=None, metadata=_opt("a checkpoint (last.pt) to continue"))
     report: bool = field(
         default=True, metadata=_opt("write PNGs of reconstructions, samples and curves")

@@ -30,6 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from vae_contract import images
+
 Array = NDArray[np.uint8]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -66,19 +68,17 @@ class Folder:
         return (len(self.files), self.channels, *self.size)
 
     def __getitem__(self, i: int) -> Array:
+        """One image by the service's decode rule (vae_contract.images), stored as
+        round(255·x): the pixels /encode and /elbo make of the same file, to 8 bits."""
         path = self.root / self.files[i]
-        height, width = self.size
+        fit: images.Fit = "crop" if self.center_crop else "stretch"
         try:
-            with Image.open(path) as opened:
-                image = opened.convert("L" if self.channels == 1 else "RGB")
+            x = images.read(path, self.channels, self.size, fit)
+        except images.ImageError as e:
+            raise DataError(f"{path}: {e}") from e
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from e
-        if self.center_crop:
-            image = image.crop(_centre_box(image.size, (width, height)))
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = np.array(image, np.uint8)  # writable: torch shares it without a warning
-        return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
+        return images.to_uint8(x)  # a fresh array: torch shares it without a warning
 
     def subset(self, indices: NDArray[np.int64]) -> Folder:
         return Folder(
@@ -87,14 +87,6 @@ class Folder:
 
 
 Images = Array | Folder  # (N, C, H, W) uint8, in memory or decoded on demand
-
-
-def _centre_box(size: tuple[int, int], aspect: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The largest centred (left, top, right, bottom) box of `size` with the ratio `aspect`."""
-    (w, h), (aw, ah) = size, aspect
-    cw, ch = (w, round(w * ah / aw)) if w * ah <= h * aw else (round(h * aw / ah), h)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return left, top, left + cw, top + ch
 
 
 @dataclass(frozen=True)
@@ -237,7 +229,7 @@ def list_folder(root: Path) -> Listing:
         digest.update(f"{rel}\0{nbytes}\0{mtime}\n".encode())
         try:
             with Image.open(root / rel) as image:  # lazy: parses the header only
-                sizes.add((image.height, image.width))
+                sizes.add(images.upright_size(image))  # as the decode rule turns it
                 colour = colour or _is_colour(image)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{root / rel}: not a readable image ({e})") from e

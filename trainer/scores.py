@@ -91,7 +91,12 @@ def anomaly_scores(
 
 
 def calibration(
-    graphs: Graphs, likelihood: Likelihood, held_out: np.ndarray, k: int = IW_K, seed: int = 0
+    graphs: Graphs,
+    likelihood: Likelihood,
+    held_out: np.ndarray,
+    k: int = IW_K,
+    seed: int = 0,
+    split: str = "validation",
 ) -> dict[str, Any]:
     """The manifest's `calibration` from held-out normal uint8 images (N, C, H, W): what
     publishing a version and vae-calibrate both write."""
@@ -99,4 +104,4 @@ def calibration(
     iwae, _ = bound(graphs, likelihood, x, k, seed)
     stats = statistics(graphs, likelihood, held_out, seed)
     shape = (held_out.shape[1], held_out.shape[2], held_out.shape[3])
-    return calibrate(stats, shape, iwae, k, seed)
+    return calibrate(stats, shape, iwae, k, seed, split)

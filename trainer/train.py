@@ -294,6 +294,7 @@ def publish(
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
         metrics["binarization"] = "dynamic" if binarize else "none"
         shape = Shape(*train.shape[1:])
+        calibrated = calibration(graphs, likelihood, validation)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": model_dir.name,
@@ -333,9 +334,11 @@ def publish(
                 "torch": torch.__version__,
             },
             "metrics": {"test": metrics},
-            "calibration": calibration(graphs, likelihood, validation),
+            "calibration": calibrated,
         }
         Manifest.model_validate(manifest)  # never publish what the service would refuse
+        for name, problem in calibrated["problems"].items():
+            print(f"vae-train: calibration: {name}: {problem}", file=sys.stderr)
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if c.report:
             _write_report(staged / "report", graphs, likelihood, test, state.history, c.seed)
@@ -405,13 +408,32 @@ def train(c: TrainConfig, rank: distributed.Rank) -> Trained:
             "device": str(rank.device),
         }
         print(f"vae-train: data: {json.dumps(summary)}", file=sys.stderr)
-    run_dir = Path(c.checkpoint_dir or Path("runs") / Path(c.out).name)
+    run_dir = Path(c.checkpoint_dir) if c.checkpoint_dir else Path("runs") / Path(c.out).name
     if rank.main:
+        if c.checkpoint_dir is None:
+            # Only rank 0 writes checkpoints, so only it needs to know the folder.
+            run_dir = Path(c.resume).parent if c.resume else new_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not c.resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        print(f"vae-train: checkpoints: {run_dir}", file=sys.stderr)
     model, state = fit(c, rank, train, splits[1], run_dir)
     return c, model, state, dataset, splits
+
+
+def new_run(runs: Path) -> Path:
+    """runs/<name>/<n>, n the first number no run of this model has taken: one run's
+    best.pt, last.pt and metrics.jsonl never overwrite another's (mkdir is atomic, so
+    two runs started at once take different numbers)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in runs.iterdir() if p.name.isdigit()]
+    n = max(taken, default=0) + 1
+    while True:
+        try:
+            (runs / str(n)).mkdir()
+            return runs / str(n)
+        except FileExistsError:
+            n += 1
 
 
 def main(argv: list[str] | None = None) -> int:

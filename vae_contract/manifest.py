@@ -120,7 +120,7 @@ class Calibration(_Strict):
     """Quantiles of the ELBO, and of the other anomaly scores, of held-out normal data,
     for anomaly thresholds. Manifests without `scores` calibrate the ELBO only."""
 
-    split: str
+    split: str  # "validation" (the trainer's), or "normal" (vae-calibrate --normal)
     n: int
     k: PositiveInt
     seed: int
@@ -128,6 +128,13 @@ class Calibration(_Strict):
     levels: list[float]
     elbo_quantiles: list[float]
     scores: dict[str, ScoreCalibration] = Field(default_factory=dict)
+    # The rule thresholds are held to (vae_contract.calibration): a threshold at fpr f
+    # needs n·f ≥ min_tail held-out images beyond it. Absent from older manifests.
+    min_tail: PositiveInt | None = None
+    source: str | None = None  # the folder of normal images, for split "normal"
+    # Score -> why it could not be calibrated, or why its thresholds fall short of the
+    # rule at the default fpr (0.01).
+    problems: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _monotone(self) -> Self:

@@ -28,6 +28,7 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
+from vae_contract import calibration as rule
 from vae_contract import typicality
 from vae_contract.manifest import Calibration, Compressor, Gaussian
 
@@ -166,10 +167,17 @@ def detector(calibration: Calibration | None) -> Gaussian:
     that this service can evaluate."""
     entry = None if calibration is None else calibration.scores.get("typicality")
     if entry is None or entry.gaussian is None:
+        why = None if calibration is None else calibration.problems.get("typicality")
         raise Unusable(
             "score=typicality needs the detector fitted by the calibration, which this "
-            "version's manifest lacks (calibrated before the score existed): add it with "
-            "vae-calibrate, or ask for score=elbo, iwae or complexity"
+            + (
+                f"version's calibration could not fit ({why}): calibrate on more normal "
+                "images with vae-calibrate --normal FOLDER"
+                if why
+                else "version's manifest lacks (calibrated before the score existed): add it "
+                "with vae-calibrate"
+            )
+            + ", or ask for score=elbo, iwae or complexity"
         )
     unknown = sorted(set(entry.gaussian.statistics) - set(STATISTICS))
     if unknown:
@@ -266,19 +274,21 @@ def _quantiles(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in np.quantile(values, LEVELS)]
 
 
-def _typicality(held_out: Statistics, compressor: dict[str, Any]) -> dict[str, Any] | None:
+def _typicality(
+    held_out: Statistics, compressor: dict[str, Any], split: str
+) -> dict[str, Any] | str:
     """The typicality entry: the detector fitted on FIT, its quantiles measured on
-    MEASURE; None when the held-out images are too few or too alike to fit it."""
+    MEASURE; or why not, when the held-out images are too few or too alike to fit it."""
     fitted, measured = held_out.take(FIT), held_out.take(MEASURE)
     try:
-        gaussian = typicality.fit(fitted.table(list(STATISTICS)), STATISTICS, "validation[0::2]")
-    except ValueError:
-        return None
+        gaussian = typicality.fit(fitted.table(list(STATISTICS)), STATISTICS, f"{split}[0::2]")
+    except ValueError as e:
+        return f"no detector fitted on {len(fitted.elbo)} held-out images: {e}"
     detector = Gaussian.model_validate(gaussian)
     distances = typicality.distance(detector, measured.table(detector.statistics))
     return {
         "k": 1,
-        "images": "validation[1::2]",
+        "images": f"{split}[1::2]",
         "n": len(distances),
         "compressor": compressor,
         "gaussian": gaussian,
@@ -292,15 +302,17 @@ def calibrate(
     iwae: np.ndarray | None = None,
     k: int = IW_K,
     seed: int = 0,
+    split: str = "validation",
 ) -> dict[str, Any]:
     """The manifest's `calibration` from the statistics (k = 1) of held-out normal images
-    (C, H, W) = `shape`, and their importance-weighted bound at `k` if given.
+    (C, H, W) = `shape`, and their importance-weighted bound at `k` if given. `split`
+    names the images: the trainer's validation split, or "normal" (vae-calibrate --normal).
 
     The plain ELBO keeps its historical form (`elbo_quantiles`, of the ELBO itself);
     every other score is under `scores`, as quantiles of the anomaly score.
     """
     calibration: dict[str, Any] = {
-        "split": "validation",
+        "split": split,
         "n": len(held_out.elbo),
         "k": 1,
         "seed": seed,
@@ -309,9 +321,12 @@ def calibrate(
         "elbo_quantiles": _quantiles(held_out.elbo),
     }
     extra: dict[str, Any] = {}
+    problems: dict[str, str] = {}
     if held_out.complexity_bits is not None and held_out.pixel_entropy is not None:
-        entry = _typicality(held_out, compressor(shape))
-        if entry is not None:
+        entry = _typicality(held_out, compressor(shape), split)
+        if isinstance(entry, str):
+            problems["typicality"] = entry
+        else:
             extra["typicality"] = entry
     if iwae is not None:
         extra["iwae"] = {"k": k, "quantiles": _quantiles(-iwae)}
@@ -323,4 +338,9 @@ def calibrate(
         }
     if extra:
         calibration["scores"] = extra
+    counts = {"elbo": len(held_out.elbo)} | {
+        name: entry.get("n", len(held_out.elbo)) for name, entry in extra.items()
+    }
+    calibration["min_tail"] = rule.MIN_TAIL
+    calibration["problems"] = rule.recorded(counts) | problems
     return calibration

@@ -37,7 +37,11 @@ def fit(values: np.ndarray, statistics: tuple[str, ...], images: str) -> dict[st
 
 def distance(gaussian: Gaussian, values: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance (N,) of values (N, d), columns as `gaussian.statistics`."""
-    centred = values.astype(np.float64) - np.asarray(gaussian.mean)
-    whitened = np.linalg.solve(np.asarray(gaussian.covariance), centred.T).T  # Σ⁻¹ (x - μ)
-    result: np.ndarray = np.einsum("nd,nd->n", centred, whitened)
+    centred = values.astype(np.float64) - np.asarray(gaussian.mean)  # (N, d)
+    precision = np.linalg.inv(np.asarray(gaussian.covariance))  # Σ⁻¹, (d, d)
+    # Elementwise products and sums along fixed axes, not LAPACK's solve or BLAS: those
+    # pick kernels by N, so an image's distance changed in its last bits with the number
+    # of images beside it. This way each row is computed alike whatever its batch.
+    whitened = (centred[:, :, None] * precision[None]).sum(axis=1)  # Σ⁻¹ (x - μ), (N, d)
+    result: np.ndarray = (whitened * centred).sum(axis=1)
     return result

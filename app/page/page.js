@@ -142,7 +142,7 @@ async function chooseModel() {
   state.model = { name, version: info.version, channels, height, width };
   const kind = channels === 1 ? "grey" : channels === 3 ? "colour" : `${channels} channels`;
   $("model-info").textContent =
-    `${width}×${height} ${kind} · latent ${info.latent_dim} · ${info.likelihood.replace("_", " ")} · ${info.provider.replace("ExecutionProvider", "")}`;
+    `${height}×${width} ${kind} · latent ${info.latent_dim} · ${info.likelihood.replace("_", " ")} · ${info.provider.replace("ExecutionProvider", "")}`;
   await guarded("page-error", async () => {
     const detail = await (await api(`models/${encodeURIComponent(name)}`)).json();
     const manifest = detail.versions.find((v) => v.version === info.version)?.manifest;
@@ -157,7 +157,7 @@ async function chooseModel() {
     pad.reshape();
     walk.reset();
   }
-  $("seen-caption").textContent = `what the model sees, ${width}×${height}`;
+  $("seen-caption").textContent = `what the model sees, ${height}×${width}`;
   $("colour").closest("label").hidden = channels !== 3;
   if (pad.input) scoring.soon(0, "input-error");
 }
@@ -447,8 +447,8 @@ const pad = {
       const resize = bitmap.width !== width || bitmap.height !== height;
       this.input = { kind: "file", file, resize };
       $("input-note").textContent = resize
-        ? `${name} is ${bitmap.width}×${bitmap.height}: the server resizes it to ${width}×${height} (resize=true).`
-        : `${name}, ${width}×${height}, as the model takes it.`;
+        ? `${name} is ${bitmap.height}×${bitmap.width}: the server resizes it to ${height}×${width} (resize=true).`
+        : `${name}, ${height}×${width}, as the model takes it.`;
       bitmap.close();
     } else {
       this.input = { kind: "file", file, resize: false };

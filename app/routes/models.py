@@ -11,6 +11,7 @@ from app.errors import NotFound
 from app.registry import ModelVersion
 from app.routes import SummaryRoute
 from app.schemas import ErrorDetail, ModelDetail, ModelsResponse
+from vae_contract import calibration as rule
 from vae_contract import scores
 from vae_contract.manifest import MODEL_NAME
 
@@ -28,7 +29,13 @@ def _score_info(mv: ModelVersion) -> dict[str, dict[str, Any]]:
         except scores.Unusable as exc:
             problem = str(exc)
         k = scores.default_k(calibration, score)
-        info[score] = {"k": k, "calibrated": problem is None, "problem": problem}
+        n = None if calibration is None else rule.images(calibration, score)
+        info[score] = {
+            "k": k,
+            "calibrated": problem is None,
+            "problem": problem,
+            "min_fpr": None if problem or n is None else rule.min_fpr(n),
+        }
     return info
 
 

@@ -121,7 +121,13 @@ def _png_or_json(model: type[PixelsResponse]) -> dict[int | str, dict[str, Any]]
 
 
 Resize = Annotated[
-    bool, Query(description="Resize images of another size instead of refusing them (422).")
+    bool | Literal["stretch", "crop"],
+    Query(
+        description="Images of another size than the model's are refused (422) unless this "
+        "is true or stretch (resized to the model's height×width) or crop (centre-cropped to "
+        "its aspect ratio first, as the trainer's --center-crop). The answer's X-Resize "
+        "header says which rule was applied."
+    ),
 ]
 Format = Annotated[
     Literal["png", "json"], Query(description="png (default) or json (pixel means N×C×H×W).")
@@ -136,6 +142,12 @@ _INLINE_RESULTS = 8
 def _headers(mv: ModelVersion) -> dict[str, str]:
     """Which model answered, for binary answers that cannot say it in their body."""
     return {"X-Model": mv.name, "X-Model-Version": str(mv.version)}
+
+
+def _resized(response: Response, resize: bool | str) -> Response:
+    """Say which rule images of another size were resized by (none when resize was not asked)."""
+    response.headers["X-Resize"] = "crop" if resize == "crop" else "stretch" if resize else "none"
+    return response
 
 
 async def _json(content: dict[str, Any], results: int) -> Response:
@@ -193,7 +205,7 @@ async def encode(
             arrays = {"mean": encoded.mean, "log_var": encoded.log_var}
             if encoded.z is not None:
                 arrays["z"] = encoded.z
-            return npz(arrays, _headers(mv))
+            return _resized(npz(arrays, _headers(mv)), resize)
         # orjson writes numpy rows directly, but only C-contiguous ones.
         means, log_vars = np.ascontiguousarray(encoded.mean), np.ascontiguousarray(encoded.log_var)
         results: list[dict[str, np.ndarray]] = [
@@ -203,7 +215,8 @@ async def encode(
         if encoded.z is not None:
             for result, z in zip(results, np.ascontiguousarray(encoded.z), strict=True):
                 result["z"] = z
-        return await _json({"model": mv.name, "version": mv.version, "results": results}, len(x))
+        answer = await _json({"model": mv.name, "version": mv.version, "results": results}, len(x))
+        return _resized(answer, resize)
 
 
 @router.post(
@@ -311,7 +324,7 @@ async def elbo(
                     "is_anomaly": None if flags is None else bool(flags[i]),
                 }
             )
-        return await _json(
+        answer = await _json(
             {
                 "model": mv.name,
                 "version": mv.version,
@@ -327,6 +340,7 @@ async def elbo(
             },
             len(results),
         )
+        return _resized(answer, resize)
 
 
 @router.post(
@@ -348,4 +362,4 @@ async def elbo_map(
         x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
         means, nats = await inference.reconstruct(mv, x)
         png = await run_in_threadpool(map_png, x, means, nats, zoom)
-        return Response(png, media_type="image/png", headers=_headers(mv))
+        return _resized(Response(png, media_type="image/png", headers=_headers(mv)), resize)
