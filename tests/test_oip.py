@@ -213,6 +213,26 @@ def test_a_seeded_z_is_the_native_apis_z(
     np.testing.assert_array_equal(z, mean + np.exp(0.5 * log_var) * eps)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("resize", [True, "stretch", "crop"])
+def test_resize_takes_the_native_apis_rules(
+    served: Served, digits: np.ndarray, transport: str, resize: bool | str
+) -> None:
+    # 28×42: another aspect ratio, so a centre crop and a stretch give different pixels.
+    wide = np.concatenate([digits[:2], digits[2:4, :, :, :14]], axis=3)
+    tc = client(served, transport)
+    inputs = [tensor(transport, "x", wide)]
+    result = tc.infer("mnist-encoder", inputs, parameters={"resize": resize})
+    native = httpx.post(
+        f"{served.server.url}/encode?resize={str(resize).lower()}",
+        content=npy(wide[:, 0]),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert native.headers["x-resize"] == ("crop" if resize == "crop" else "stretch")
+    mean = np.asarray([row["mean"] for row in native.json()["results"]], np.float32)
+    np.testing.assert_array_equal(result.as_numpy("mean"), mean)
+
+
 @pytest.mark.parametrize(("transport", "binary"), [("http", True), ("http", False), ("grpc", True)])
 def test_the_decoder_gives_the_likelihoods_means(
     served: Served, ref: Reference, transport: str, binary: bool

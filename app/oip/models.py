@@ -199,12 +199,14 @@ P = TypeVar("P", bound=_Parameters)
 
 
 # The native endpoints' query parameters: the same names, meanings and defaults.
+# resize: true or "stretch" (to the model's height×width), "crop" (the trainer's centre crop).
+OipResize = bool | Literal["stretch", "crop"]
 
 
 class EncoderParameters(_Parameters):
     sample: bool = False
     seed: Seed | None = None
-    resize: bool = False
+    resize: OipResize = False
 
 
 class ElboParameters(_Parameters):
@@ -212,7 +214,7 @@ class ElboParameters(_Parameters):
     seed: Seed = 0
     score: Score | None = None  # the version's default: typicality, or elbo before it
     fpr: Annotated[float, Field(ge=0, le=1)] = 0.01
-    resize: bool = False
+    resize: OipResize = False
 
 
 _KNOWN = {
