@@ -125,6 +125,10 @@ class BatchStats:
     size: int  # rows in the call
     queue_wait_s: list[float]  # per job that started in this call, from submit to the call
     run_s: float
+    started_s: float = 0.0  # when the call started, on the batcher's clock
+    # With `capture`: per job in the call, what capture() gave at its submit, and its
+    # queue wait if it started in this call (app/tracing.py links the call to them).
+    traced: list[tuple[object, float | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # jobs are told apart by identity
@@ -132,6 +136,7 @@ class _Job:
     x: np.ndarray  # (n, ...)
     future: asyncio.Future[Outputs]
     enqueued: float
+    context: object = None  # what `capture` gave at submit
     taken: int = 0  # rows handed to calls so far
     parts: list[Outputs] = field(default_factory=list)  # outputs of the calls so far, in order
     done: int = 0  # rows whose outputs came back
@@ -162,6 +167,7 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         threads: GraphThreads | None = None,
         clock: Callable[[], float] = time.monotonic,
+        capture: Callable[[], object] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_delay_s < 0:
             raise ValueError("need max_batch_size >= 1 and max_delay_s >= 0")
@@ -172,6 +178,7 @@ class Batcher:
         self._on_batch = on_batch
         self._threads = threads  # None: the event loop's default executor
         self._clock = clock
+        self._capture = capture  # called at each submit, in the caller's task (tracing)
         self._jobs: deque[_Job] = deque()  # jobs with rows not yet run, in turn order
         self._in_call: list[_Job] = []  # jobs with rows in the call in progress
         self._queued_rows = 0
@@ -215,6 +222,8 @@ class Batcher:
         if len(x) == 0:
             raise ValueError("empty batch")
         job = _Job(x, asyncio.get_running_loop().create_future(), self._clock())
+        if self._capture is not None:
+            job.context = self._capture()
         self._jobs.append(job)
         self._queued_rows += len(x)
         self._arrived.set()
@@ -302,7 +311,15 @@ class Batcher:
         self._in_call = []
         if self._on_batch is not None:
             waits = [started - job.enqueued for job, (start, _) in batch.items() if start == 0]
-            self._on_batch(BatchStats(size=len(x), queue_wait_s=waits, run_s=finished - started))
+            traced = []
+            if self._capture is not None:
+                traced = [
+                    (job.context, started - job.enqueued if start == 0 else None)
+                    for job, (start, _) in batch.items()
+                ]
+            self._on_batch(
+                BatchStats(len(x), waits, finished - started, started_s=started, traced=traced)
+            )
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """The serving task returned (stopped) or died: fail whatever still waits on it."""

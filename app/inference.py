@@ -92,6 +92,8 @@ async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | N
     """x (N, C, H, W) -> q(z|x) parameters, and z if `sample`."""
     with mv.admit(len(x)):
         mean, log_var = await mv.encoder.submit(x)
+    if mv.drift is not None:  # VAE_DRIFT_SAMPLE_RATE: perhaps scored too, in the background
+        mv.drift.offer(mv, x)
     z = None
     if sample:
         eps = _eps(seed, len(x), 1, mv.manifest.latent_dim)
@@ -198,12 +200,14 @@ async def assess(
     statistics = Statistics(found.elbo, found.kl, bits, entropy)
     anomaly = scores.anomaly(score, statistics, calibration)
     problem = scores.calibration_problem(calibration, score, manifest.input.shape)
+    percentile = None if problem else scores.percentile(calibration, score, anomaly)
+    mv.scored(score, len(x), percentile)  # the anomaly signal's metrics
     return Assessment(
         score=score,
         bounds=found,
         statistics=statistics,
         anomaly_score=anomaly,
         threshold=None if problem else scores.threshold(calibration, score, fpr),
-        percentile=None if problem else scores.percentile(calibration, score, anomaly),
+        percentile=percentile,
         problem=problem,
     )

@@ -19,22 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
-from app.batcher import Batcher, GraphThreads, QueueFull
+from app import tracing
+from app.batcher import Batcher, BatchStats, GraphThreads, QueueFull
 from app.config import Settings, available_cpus
 from app.errors import NotFound, PayloadTooLarge, Unavailable
 from app.loader import LoadedGraphs, LoadError, load_version
 from app.metrics import Metrics
 from vae_contract.manifest import MODEL_NAME, Manifest
+from vae_contract.scores import Score, calibration_problem
+
+if TYPE_CHECKING:
+    from app.drift import DriftSampler
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (model name, version)
+OnBatch = Callable[[BatchStats], None]
 Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a version's files
 
 
@@ -49,6 +57,7 @@ class ModelVersion:
         settings: Settings,
         metrics: Metrics,
         threads: GraphThreads | None = None,
+        drift: DriftSampler | None = None,
     ) -> None:
         self.manifest: Manifest = graphs.manifest
         self.name = self.manifest.name
@@ -58,14 +67,16 @@ class ModelVersion:
         self.provider = graphs.provider
         self.loaded_at = datetime.now(UTC)
         self.label = f"{self.name}/{self.version}"
+        self.labels = (self.name, str(self.version))  # as metrics and log lines name it
         self.encoder, self.decoder = (
             Batcher(
                 graph.run,
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_delay_ms / 1000.0,
                 name=f"{self.label}/{role}",
-                on_batch=metrics.batch_observer(self.name, role),
+                on_batch=_observers(metrics, self.labels, role),
                 threads=threads,
+                capture=None if tracing.tracer() is None else tracing.capture,
             )
             for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder))
         )
@@ -75,6 +86,12 @@ class ModelVersion:
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.drift = drift  # samples its /encode traffic for the drift metrics, when on
+        anomaly = metrics.anomaly
+        for score in get_args(Score):  # the scores it can place: their series start at 0
+            if not calibration_problem(self.manifest.calibration, score, self.manifest.input.shape):
+                anomaly.declare(*self.labels, score)
+        self.scored = functools.partial(anomaly.observe, *self.labels)
 
     def start(self) -> None:
         self.encoder.start()
@@ -138,6 +155,20 @@ class ModelVersion:
         await self._idle.wait()
         await self.stop()
         log.info("retired %s version %d", self.name, self.version)
+
+
+def _observers(metrics: Metrics, labels: tuple[str, str], role: str) -> OnBatch:
+    """A batcher's on_batch: its metrics, and its spans when tracing is on."""
+    observe = metrics.batch_observer(*labels, role)
+    if tracing.tracer() is None:
+        return observe
+    trace = tracing.batch_observer(f"{labels[0]}/{labels[1]}/{role}")
+
+    def both(stats: BatchStats) -> None:
+        observe(stats)
+        trace(stats)
+
+    return both
 
 
 @dataclass(frozen=True)
@@ -212,9 +243,12 @@ def _label(key: Key) -> str:
 class Registry:
     """The served model versions; `reload()` brings the table in line with the store."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, drift: DriftSampler | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.drift = drift
         self._table: dict[str, dict[int, ModelVersion]] = {}
         self._refused: dict[Key, Refusal] = {}
         self._unreadable: dict[str, str] = {}
@@ -326,6 +360,8 @@ class Registry:
             self._table = table  # the swap: one assignment, seen whole by every request
             self.metrics.versions_loaded.set(len(new))
             for key, mv in old.items():
+                if key not in new:  # gone, not replaced: its series go too
+                    self.metrics.retire(*mv.labels)
                 if new.get(key) is not mv:
                     report.retired.append(_label(key))
                     task = asyncio.create_task(mv.retire())
@@ -380,7 +416,9 @@ class Registry:
             device=self.settings.device,
             threads=self.settings.threads,
         )
-        mv = ModelVersion(graphs, path, fingerprint, self.settings, self.metrics, self.threads)
+        mv = ModelVersion(
+            graphs, path, fingerprint, self.settings, self.metrics, self.threads, self.drift
+        )
         mv.start()
         self.metrics.loads.labels("loaded").inc()
         log.info("loaded %s version %d on %s from %s", name, version, mv.provider, path)
@@ -422,6 +460,8 @@ class Registry:
     async def stop(self) -> None:
         """Refuse new requests, let those in flight finish, stop every batcher."""
         self.stopping = True
+        if self.drift is not None:
+            await self.drift.stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

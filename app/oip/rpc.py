@@ -20,6 +20,7 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import known_failure
+from app.observe import GrpcObserver
 from app.oip import SERVER_METADATA, inference_pb2, models
 from app.oip import inference_pb2_grpc as services
 from app.oip.models import Answer, InputTensor, Target, Value
@@ -230,12 +231,13 @@ async def serving(settings: Settings, registry: Registry) -> AsyncIterator[None]
     """The gRPC service on VAE_HOST:VAE_GRPC_PORT for the body of the `with`; a port that
     cannot be bound stops the startup, as a taken HTTP port does."""
     server = grpc.aio.server(
+        interceptors=[GrpcObserver(registry.metrics)],  # request ids, metrics, access lines
         options=[
             # The same body limit as HTTP; grpc's own default is 4 MiB.
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             # Off: with it, a second server would share a taken port without a word.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     service = InferenceService(registry, settings)
     services.add_GRPCInferenceServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
