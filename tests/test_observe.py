@@ -289,9 +289,11 @@ def test_spans_cover_the_request_decode_queue_and_the_linked_onnx_call(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the process's one provider, set once
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")  # asks for traces; ours is set
     tracing.reset()
     try:
