@@ -150,7 +150,6 @@ def draw(series: dict, hist: dict, start: float, shift: float, out: Path) -> Non
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("minutes")
         ax.legend(fontsize=7)
-    bounds = None
     for ax, (phase, answer) in zip(axes.flat[6:], hist.items(), strict=True):
         cumulative = sorted((float(f["metric"]["le"]), float(f["value"][1])) for f in answer)
         bounds = [b for b, _ in cumulative if b != float("inf")]
@@ -159,9 +158,12 @@ def draw(series: dict, hist: dict, start: float, shift: float, out: Path) -> Non
         widths = np.diff([0.0, *bounds])
         ax.bar(range(len(bounds)), counts / total / (widths / 100), color="C0")
         ax.axhline(1.0, color="grey", linestyle="--", label="no drift: 1")
+        ax.set_yscale("log")
+        ax.set_ylim(0.01, 1000)
         ax.set_xticks(range(len(bounds)), [f"≤{b:g}" for b in bounds], fontsize=7)
         ax.set_title(
-            f"Percentile histogram, {phase} phase: observed / expected share per bucket",
+            f"Percentile histogram, {phase} phase ({total:.0f} images): "
+            "observed / expected share per bucket",
             fontsize=10,
         )
         ax.legend(fontsize=7)
