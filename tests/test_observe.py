@@ -176,6 +176,26 @@ def test_sampled_encode_traffic_feeds_the_drift_metrics(digits: np.ndarray) -> N
     assert metric(text, "vae_anomaly_percentile_count", **typicality) == 12
 
 
+def test_one_sample_at_a_time_the_others_are_dropped(digits: np.ndarray) -> None:
+    """Off the request's path and bounded: a sample offered while one is being scored
+    is dropped (counted as busy), never queued."""
+    with serving(settings(drift_sample_rate=1.0)) as client:
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        assert client.portal is not None
+        client.portal.call(_offer_twice, registry, digits[:3].astype(np.float32) / 255)
+        text = client.get("/metrics").text
+    assert metric(text, "vae_drift_samples_total", outcome="scored") == 3
+    assert metric(text, "vae_drift_samples_total", outcome="busy") == 3
+
+
+async def _offer_twice(registry: Any, pixels: np.ndarray) -> None:
+    mv = registry.resolve(None, None)
+    x = pixels[:, None]  # (N, 1, 28, 28) in [0, 1]
+    registry.drift.offer(mv, x)
+    registry.drift.offer(mv, x)  # the first is still in flight: no await between
+    await _settled(registry.drift)
+
+
 async def _settled(drift: Any) -> None:
     import asyncio
 
