@@ -134,8 +134,11 @@ class BatchStats:
     run_s: float
     started: float = 0.0  # when the call began, on the batcher's clock
     # Every job in the call: (its owner, seconds it waited for this call since it was
-    # submitted or since its previous call ended).
+    # submitted or since its previous call ended). The statistics charge owners.
     jobs: list[tuple[object | None, float]] = field(default_factory=list)
+    # With `capture`: per job in the call, what capture() gave at its submit, and its
+    # queue wait if it started in this call (app/tracing.py links the call to them).
+    traced: list[tuple[object, float | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # jobs are told apart by identity
@@ -143,8 +146,9 @@ class _Job:
     x: np.ndarray  # (n, ...)
     future: asyncio.Future[Outputs]
     enqueued: float
-    owner: object | None = None
+    owner: object | None = None  # the request it serves (app/statistics.py)
     ready: float = 0.0  # since when it waits: submitted, or its previous call ended
+    context: object = None  # what `capture` gave at submit (app/tracing.py)
     taken: int = 0  # rows handed to calls so far
     parts: list[Outputs] = field(default_factory=list)  # outputs of the calls so far, in order
     done: int = 0  # rows whose outputs came back
@@ -175,6 +179,7 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         threads: GraphThreads | None = None,
         clock: Callable[[], float] = time.monotonic,
+        capture: Callable[[], object] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_delay_s < 0:
             raise ValueError("need max_batch_size >= 1 and max_delay_s >= 0")
@@ -185,6 +190,7 @@ class Batcher:
         self._on_batch = on_batch
         self._threads = threads  # None: the event loop's default executor
         self._clock = clock
+        self._capture = capture  # called at each submit, in the caller's task (tracing)
         self._jobs: deque[_Job] = deque()  # jobs with rows not yet run, in turn order
         self._in_call: list[_Job] = []  # jobs with rows in the call in progress
         self._queued_rows = 0
@@ -229,6 +235,8 @@ class Batcher:
             raise ValueError("empty batch")
         now = self._clock()
         job = _Job(x, asyncio.get_running_loop().create_future(), now, job_owner.get(), now)
+        if self._capture is not None:
+            job.context = self._capture()
         self._jobs.append(job)
         self._queued_rows += len(x)
         self._arrived.set()
@@ -319,8 +327,16 @@ class Batcher:
         self._in_call = []
         if self._on_batch is not None:
             waits = [started - job.enqueued for job, (start, _) in batch.items() if start == 0]
+            traced = []
+            if self._capture is not None:
+                traced = [
+                    (job.context, started - job.enqueued if start == 0 else None)
+                    for job, (start, _) in batch.items()
+                ]
             self._on_batch(
-                BatchStats(len(x), waits, finished - started, started=started, jobs=jobs)
+                BatchStats(
+                    len(x), waits, finished - started, started=started, jobs=jobs, traced=traced
+                )
             )
 
     def _ended(self, task: asyncio.Task[None]) -> None:

@@ -150,6 +150,18 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Least severe log records written, by vae-serve and uvicorn."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: readable lines; json: one JSON object per line (docs/operations.md).",
+    )
+    # The drift signal (vae_anomaly_percentile) for clients that never call /elbo.
+    drift_sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Fraction of /encode requests (and the v2 encoder's) whose images are "
+        "also scored, in the background, for the drift metrics; 0: off.",
+    )
 
     @field_validator("default_model")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from app.config import Settings
+from app.context import served
 from app.registry import ModelVersion, Registry
 from vae_contract.manifest import MODEL_NAME
 
@@ -61,5 +62,6 @@ def leased(request: Request, model: str | None, version: int | None) -> Iterator
     """The requested model version, leased for the request so a hot reload cannot
     retire it mid-request. Resolving and leasing are one step: no await between."""
     mv = registry_of(request).resolve(model, version)
+    served.set(mv.labels)  # for the metrics and log lines of this request
     with mv.lease():
         yield mv

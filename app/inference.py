@@ -96,6 +96,8 @@ async def encode(mv: ModelVersion, x: np.ndarray, *, sample: bool, seed: int | N
     """x (N, C, H, W) -> q(z|x) parameters, and z if `sample`."""
     with mv.admit(len(x)):
         mean, log_var = await mv.encoder.submit(x)
+    if mv.drift is not None:  # VAE_DRIFT_SAMPLE_RATE: perhaps scored too, in the background
+        mv.drift.offer(mv, x)
     z = None
     if sample:
         eps = _eps(seed, len(x), 1, mv.manifest.latent_dim)
@@ -207,12 +209,14 @@ async def assess(
     problem = scores.calibration_problem(calibration, score, manifest.input.shape)
     # Too few held-out images for a threshold at this fpr withholds it, not the percentiles.
     withheld = problem or rule.threshold_problem(calibration, score, fpr)
+    percentile = None if problem else scores.percentile(calibration, score, anomaly)
+    mv.scored(score, len(x), percentile)  # the anomaly signal's metrics
     return Assessment(
         score=score,
         bounds=found,
         statistics=statistics,
         anomaly_score=anomaly,
         threshold=None if withheld else scores.threshold(calibration, score, fpr),
-        percentile=None if problem else scores.percentile(calibration, score, anomaly),
+        percentile=percentile,
         problem=withheld,
     )

@@ -24,6 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app import budget as memory
+from app import tracing
 from app.config import Settings
 from app.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from app.images import decode_images, load_npy, to_model_input
@@ -241,16 +242,19 @@ async def read_images(
 ) -> np.ndarray:
     """Any accepted image body -> x, float32 (N, C, H, W) in [0, 1], validated.
     `body`: the body, when the caller has read it already (with `read_body`)."""
-    parsed = await read_image_body(request, settings, body)
-    if parsed.array is not None:
-        return await pixels_to_x(parsed.array, manifest, settings, resize=resize)
-    # Decoding is CPU work: off the event loop, like the model calls. Image files
-    # always go: a small file can still declare millions of pixels, and what they will
-    # hold decoded is taken from the memory budget, read from their headers, first.
-    assert parsed.files is not None
-    held = memory.files_bytes(parsed.files, max_pixels=settings.max_pixels, resize=bool(resize))
-    with memory.holding(held, f"decoding {count(len(parsed.files), 'image')}"):
-        return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
+    with tracing.step("decode images"):
+        parsed = await read_image_body(request, settings, body)
+        if parsed.array is not None:
+            return await _pixels_to_x(parsed.array, manifest, settings, resize=resize)
+        # Decoding is CPU work: off the event loop, like the model calls. Image files
+        # always go: a small file can still declare millions of pixels, and what they will
+        # hold decoded is taken from the memory budget, read from their headers, first.
+        assert parsed.files is not None
+        held = memory.files_bytes(
+            parsed.files, max_pixels=settings.max_pixels, resize=bool(resize)
+        )
+        with memory.holding(held, f"decoding {count(len(parsed.files), 'image')}"):
+            return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
 
 
 async def pixels_to_x(
@@ -258,6 +262,13 @@ async def pixels_to_x(
 ) -> np.ndarray:
     """A pixel array of any accepted layout and dtype -> x, float32 (N, C, H, W), validated
     (app/pixels.py's rule, as for every image input)."""
+    with tracing.step("decode images"):
+        return await _pixels_to_x(array, manifest, settings, resize=resize)
+
+
+async def _pixels_to_x(
+    array: np.ndarray, manifest: Manifest, settings: Settings, *, resize: Resize
+) -> np.ndarray:
     body = ImageBody(array=array)
     if array.nbytes <= _INLINE_BYTES and not resize:
         # Checking and scaling a few images takes microseconds, less than the hop.

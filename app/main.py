@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,8 +23,11 @@ from app.budget import BodyBudget, ByteBudget, give_back_memory
 from app.config import Settings, get_settings
 from app.dispatch import DirectRoutes
 from app.drain import DrainingServer
+from app.drift import DriftSampler
 from app.errors import install_error_handlers
-from app.metrics import Metrics, MetricsMiddleware
+from app.logs import configure as configure_logging
+from app.metrics import Metrics
+from app.observe import ObserveMiddleware
 from app.oip import grpc_service
 from app.oip import http as oip_http
 from app.oip.admission import Guards
@@ -48,7 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A configured app; its lifespan loads the model store and stops the batchers."""
     settings = settings or get_settings()
     metrics = Metrics()
-    registry = Registry(settings, metrics)
+    drift = None
+    if settings.drift_sample_rate > 0:
+        drift = DriftSampler(settings.drift_sample_rate, metrics, settings.max_k)
+    registry = Registry(settings, metrics, drift)
+    metrics.watch_readiness(registry.readiness)
     deadlines = Deadlines(settings.request_timeout_s)
     lag = LoopLag()
     # One admission and one memory budget for every door, HTTP and gRPC (docs/limits.md).
@@ -108,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deadlines=deadlines,
         admission=guards.admission,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 401s, 503s too
+    # Outermost: request ids, metrics and access lines for the 401s and 503s too.
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
 
 
@@ -126,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
     # there before; this one ends the process with status 0: stopped as asked, not killed.
     signal.signal(signal.SIGTERM, _stopped)
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # app.logs configured every logger, uvicorn's too
+        access_log=False,  # app.observe writes the access lines, with route, model and id
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         # Bounds the request head's size and time and a body's stalls; its refusals are
         # JSON like the app's.

@@ -19,37 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
-from app import statistics
+from app import statistics, tracing
 from app.batcher import Batcher, BatchStats, GraphThreads, QueueFull
 from app.config import Settings, available_cpus
 from app.errors import NotFound, PayloadTooLarge, Unavailable
 from app.loader import LoadedGraphs, LoadError, load_version
 from app.metrics import Metrics
 from vae_contract.manifest import MODEL_NAME, Manifest
+from vae_contract.scores import Score, calibration_problem
+
+if TYPE_CHECKING:
+    from app.drift import DriftSampler
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (model name, version)
+OnBatch = Callable[[BatchStats], None]
 Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) of a version's files
-
-
-def _both(
-    first: Callable[[BatchStats], None], second: Callable[[BatchStats], None]
-) -> Callable[[BatchStats], None]:
-    """One record of each graph call, read twice: by the Prometheus metrics and by the
-    per-model statistics (app.statistics)."""
-
-    def observe(stats: BatchStats) -> None:
-        first(stats)
-        second(stats)
-
-    return observe
 
 
 class ModelVersion:
@@ -63,6 +57,7 @@ class ModelVersion:
         settings: Settings,
         metrics: Metrics,
         threads: GraphThreads | None = None,
+        drift: DriftSampler | None = None,
     ) -> None:
         self.manifest: Manifest = graphs.manifest
         self.name = self.manifest.name
@@ -72,14 +67,16 @@ class ModelVersion:
         self.provider = graphs.provider
         self.loaded_at = datetime.now(UTC)
         self.label = f"{self.name}/{self.version}"
+        self.labels = (self.name, str(self.version))  # as metrics and log lines name it
         self.encoder, self.decoder = (
             Batcher(
                 graph.run,
                 max_batch_size=settings.max_batch_size,
                 max_delay_s=settings.max_delay_ms / 1000.0,
                 name=f"{self.label}/{role}",
-                on_batch=_both(metrics.batch_observer(self.name, role), statistics.observe_batch),
+                on_batch=_observers(metrics, self.labels, role),
                 threads=threads,
+                capture=None if tracing.tracer() is None else tracing.capture,
             )
             for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder))
         )
@@ -89,6 +86,12 @@ class ModelVersion:
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.drift = drift  # samples its /encode traffic for the drift metrics, when on
+        anomaly = metrics.anomaly
+        for score in get_args(Score):  # the scores it can place: their series start at 0
+            if not calibration_problem(self.manifest.calibration, score, self.manifest.input.shape):
+                anomaly.declare(*self.labels, score)
+        self.scored = functools.partial(anomaly.observe, *self.labels)
 
     def start(self) -> None:
         self.encoder.start()
@@ -152,6 +155,21 @@ class ModelVersion:
         await self._idle.wait()
         await self.stop()
         log.info("retired %s version %d", self.name, self.version)
+
+
+def _observers(metrics: Metrics, labels: tuple[str, str], role: str) -> OnBatch:
+    """A batcher's on_batch: one record of each graph call, read by the Prometheus
+    metrics, by the per-model statistics (app.statistics) and, when tracing is on, by
+    the spans."""
+    observers = [metrics.batch_observer(*labels, role), statistics.observe_batch]
+    if tracing.tracer() is not None:
+        observers.append(tracing.batch_observer(f"{labels[0]}/{labels[1]}/{role}"))
+
+    def observe(stats: BatchStats) -> None:
+        for observer in observers:
+            observer(stats)
+
+    return observe
 
 
 @dataclass(frozen=True)
@@ -226,9 +244,12 @@ def _label(key: Key) -> str:
 class Registry:
     """The served model versions; `reload()` brings the table in line with the store."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, drift: DriftSampler | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.drift = drift
         self._table: dict[str, dict[int, ModelVersion]] = {}
         self._refused: dict[Key, Refusal] = {}
         self._unreadable: dict[str, str] = {}
@@ -350,6 +371,8 @@ class Registry:
             self._table = table  # the swap: one assignment, seen whole by every request
             self.metrics.versions_loaded.set(len(new))
             for key, mv in old.items():
+                if key not in new:  # gone, not replaced: its series go too
+                    self.metrics.retire(*mv.labels)
                 if new.get(key) is not mv:
                     report.retired.append(_label(key))
                     task = asyncio.create_task(mv.retire())
@@ -404,7 +427,9 @@ class Registry:
             device=self.settings.device,
             threads=self.settings.threads,
         )
-        mv = ModelVersion(graphs, path, fingerprint, self.settings, self.metrics, self.threads)
+        mv = ModelVersion(
+            graphs, path, fingerprint, self.settings, self.metrics, self.threads, self.drift
+        )
         mv.start()
         self.metrics.loads.labels("loaded").inc()
         log.info("loaded %s version %d on %s from %s", name, version, mv.provider, path)
@@ -446,6 +471,8 @@ class Registry:
     async def stop(self) -> None:
         """Refuse new requests, let those in flight finish, stop every batcher."""
         self.stopping = True
+        if self.drift is not None:
+            await self.drift.stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.loadgen import Body, Load, wrk
+from bench.loadgen import Body, Load, scrape, wrk
 from bench.run import (
     BULK,
     MNIST,
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             clean = wrk(url, body, connections=args.connections, seconds=args.seconds)
             loop_us = 1e6 * (cpu_seconds(pid, pid) - loop0) / clean.requests
             all_us = 1e6 * (cpu_seconds(pid) - all0) / clean.requests
+            drift = _drift_samples(scrape(server.url))  # VAE_DRIFT_SAMPLE_RATE's work, if on
             sampled: list[Load] = []
             load = threading.Thread(
                 target=lambda: sampled.append(
@@ -155,12 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Without py-spy: {clean.rps:,.0f} req/s, p99 {clean.p99_ms:.1f} ms; CPU per request: "
         f"{loop_us:,.0f} µs on the event-loop thread, {all_us:,.0f} µs in the whole process.",
+        *([f"Drift samples (images) so far: {drift}."] if drift else []),
         f"Under py-spy: {sampled[0].rps:,.0f} req/s.",
         "",
         *summarise(raw, args.seconds, args.rate),
         sep="\n",
     )
     return 0
+
+
+def _drift_samples(metrics: str) -> str:
+    """vae_drift_samples_total by outcome, as "scored 120, busy 3400"; empty when none."""
+    found = re.findall(r'^vae_drift_samples_total\{outcome="(\w+)"\} (\S+)$', metrics, re.M)
+    return ", ".join(f"{outcome} {float(n):,.0f}" for outcome, n in found if float(n))
 
 
 if __name__ == "__main__":

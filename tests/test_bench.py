@@ -60,12 +60,14 @@ def test_parse_refuses_output_without_the_bench_line() -> None:
 
 def test_mean_batch_comes_from_the_service_histogram() -> None:
     metrics = Metrics()
-    observe = metrics.batch_observer("mnist", "encoder")
+    observe = metrics.batch_observer("mnist", "1", "encoder")
     observe(BatchStats(size=2, queue_wait_s=[0.001], run_s=0.001))
     before = metrics.render().decode()
     for size in (8, 4):
         observe(BatchStats(size=size, queue_wait_s=[0.001], run_s=0.001))
-    metrics.batch_observer("mnist", "decoder")(BatchStats(size=64, queue_wait_s=[], run_s=0.01))
+    metrics.batch_observer("mnist", "1", "decoder")(
+        BatchStats(size=64, queue_wait_s=[], run_s=0.01)
+    )
     after = metrics.render().decode()
     assert mean_batch(before, after, "encoder") == 6.0
     assert mean_batch(before, after, "decoder") == 64.0

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import inference
 from app.config import Settings
+from app.context import served
 from app.errors import BadRequest, NotFound, Unprocessable
 from app.inputs import check_latents, pixels_to_x
 from app.oip.tensors import TensorSpec, check_datatype, check_shape, from_bytes, from_list
@@ -127,6 +128,8 @@ def resolve(registry: Registry, name: str, version: str = "") -> Target:
 def leased(registry: Registry, name: str, version: str = "") -> Iterator[Target]:
     """As app.deps.leased: resolved and leased in one step, so a reload cannot retire it."""
     target = resolve(registry, name, version)
+    # Metrics and log lines name the model as the client did (mnist-encoder).
+    served.set((target.name, target.mv.labels[1]))
     with target.mv.lease():
         yield target
 

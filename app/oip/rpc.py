@@ -21,6 +21,7 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import known_failure
+from app.observe import GrpcObserver
 from app.oip import SERVER_METADATA, inference_pb2, models
 from app.oip import inference_pb2_grpc as services
 from app.oip.admission import AdmissionInterceptor, Guards
@@ -254,7 +255,9 @@ async def serving(settings: Settings, registry: Registry, guards: Guards) -> Asy
     after the drain), calls in flight get VAE_SHUTDOWN_GRACE_S alongside HTTP's, so the
     whole shutdown takes drain + grace, as the manifests' kill deadline allows."""
     server = grpc.aio.server(
-        interceptors=[AdmissionInterceptor(guards)],
+        # Outermost first: every call gets its request id, metrics and access line, the
+        # ones admission refuses too.
+        interceptors=[GrpcObserver(registry.metrics), AdmissionInterceptor(guards)],
         # grpcio refuses calls past this with RESOURCE_EXHAUSTED before reading them:
         # the bound on messages its core holds whole (docs/limits.md).
         maximum_concurrent_rpcs=settings.grpc_max_concurrency,
