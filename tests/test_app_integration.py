@@ -80,7 +80,7 @@ def test_every_endpoint_answers_over_http(server: Server, digits: np.ndarray) ->
         wrong = http.post(
             "/elbo", files=[("images", ("x.png", image_file(digits[0][:20]), "image/png"))]
         )
-        assert wrong.status_code == 422 and "28×20" in wrong.json()["detail"]
+        assert wrong.status_code == 422 and "20×28" in wrong.json()["detail"]
 
         assert "vae_http_requests_total" in http.get("/metrics").text
         assert http.get("/docs").status_code == 200
