@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench.crops import crops, write_folder
 from bench.defects import KINDS, defective
-from bench.ppca_anchor import train
+from bench.ppca_anchor import newest, train
 from trainer import report
 from trainer.evaluate import Graphs
 from trainer.scores import anomaly_scores
@@ -127,14 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     for texture in args.textures:
         (args.out / texture).mkdir(parents=True, exist_ok=True)
         if args.store is not None:
-            version = max(
-                (p for p in args.store.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-            )
+            version = newest(args.store)
         else:
             folder = write_folder(
                 crops((texture,), args.train, "train", seed=0), args.out / texture / "train"
             )
-            version, _ = train(folder, args.out / texture / "store" / texture, extra)
+            version = train(folder, args.out / texture / "store" / texture, extra)
         for row in inspect(texture, version, args.out, args.n):
             results.append(row)
             print(

@@ -2,6 +2,7 @@
 
     python -m bench.ppca_anchor                    # photos and gravel, ~2 × 15 min
     python -m bench.ppca_anchor --sets gravel -- --epochs 5   # trainer flags after --
+    python -m bench.ppca_anchor --sets gravel --store <store>  # a store trained on the crops
 
 For each set: 2,000 training crops from one region of the images (bench/crops.py),
 written as PNG files, trained on with `vae-train --data <folder> --out <store>` and
@@ -20,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +40,37 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def train(folder: Path, store: Path, extra: list[str]) -> tuple[Path, float]:
-    """`vae-train --data folder --out store` plus `extra`; the version and the seconds."""
+def train(folder: Path, store: Path, extra: list[str]) -> Path:
+    """`vae-train --data folder --out store` plus `extra`; the version it published."""
     command = [sys.executable, "-m", "trainer.train", "--data", str(folder), "--out", str(store)]
-    started = time.monotonic()
     subprocess.run([*command, *extra], check=True)
-    return max(store.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0), (
-        time.monotonic() - started
-    )
+    return newest(store)
+
+
+def newest(store: Path) -> Path:
+    """The highest version folder of a model's store."""
+    return max((p for p in store.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def compare(
-    name: str, out: Path, n_train: int, n_held_out: int, extra: list[str]
+    name: str, out: Path, n_train: int, n_held_out: int, extra: list[str], store: Path | None
 ) -> dict[str, Any]:
+    """Train (or take `store`, trained on this set's folder of crops), then compare."""
     names = SETS[name]
     folder = write_folder(crops(names, n_train, "train", seed=0), out / name / "train")
     held_out = crops(names, n_held_out, "held_out", seed=1)
     load_before = _load()
-    version, seconds = train(folder, out / name / "store" / name, extra)
+    version = newest(store) if store else train(folder, out / name / "store" / name, extra)
     manifest = json.loads((version / "manifest.json").read_text())
+    seconds = manifest["training"]["seconds"]  # the trainer's own clock: the epochs alone
     likelihood, latent = manifest["likelihood"], manifest["latent_dim"]
     graphs = Graphs(version)
     x = prepare(held_out, False, 0)
     vae = evaluate(graphs.encode, graphs.decode, likelihood, x, 1, progress=False)
-    trained_on = datasets.array(datasets.as_trained(folder, manifest["training"])[0])
+    # The VAE's own training split of the same crops (a given store names its folder).
+    source = Path(manifest["training"]["data"]["source"])
+    split_from = source if source.is_dir() else folder
+    trained_on = datasets.array(datasets.as_trained(split_from, manifest["training"])[0])
     anchor = ppca.fit(trained_on, latent)
     ppca_bits = float(anchor.bits_per_dim(held_out).mean())
     shown = x[:16]
@@ -101,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=2000, help="training crops per set")
     p.add_argument("--held-out", type=int, default=1000, help="held-out crops per set")
     p.add_argument("--out", type=Path, default=Path("bench/results/ppca"))
+    p.add_argument("--store", type=Path, help="a store trained on the set's crops (one set only)")
     args = p.parse_args(own)
+    if args.store is not None and len(args.sets) != 1:
+        p.error("--store is one set's model: name that set alone with --sets")
     results = []
     print(f"{'set':8} {'model':18} {'train s':>8} {'VAE bits/dim':>13} {'PPCA bits/dim':>14}")
     for name in args.sets:
-        r = compare(name, args.out, args.train, args.held_out, extra)
+        r = compare(name, args.out, args.train, args.held_out, extra, args.store)
         results.append(r)
         model = f"{r['architecture']} {r['likelihood'][:13]}"
         print(
