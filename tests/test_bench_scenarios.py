@@ -66,6 +66,6 @@ def test_the_anchor_and_the_inspection_run_with_one_command_each(tmp_path: Path)
     rows = json.loads((tmp_path / "inspection" / "results.json").read_text())
     assert [r["kind"] for r in rows] == list(defects.KINDS)
     for r in rows:
-        for key in ("image_auroc_typicality", "image_auroc_elbo", "pixel_auroc_deviation"):
+        for key in ("image_auroc_typicality", "image_auroc_max_deviation", "pixel_auroc_deviation"):
             assert 0 <= r[key] <= 1
         assert (tmp_path / "inspection" / "gravel" / f"{r['kind']}.png").is_file()
