@@ -68,8 +68,8 @@ class PPCA:
         return result
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        """E[y | z = E[z|y]] ... the projection onto the principal subspace, shrunk as
-        the posterior mean shrinks it: m + U diag((λ - σ²)/λ) Uᵀ (y - m); uint8 in, [0, 1] out."""
+        """The decoder's mean at the posterior mean of z, W E[z|y] + m = m + U diag((λ - σ²)/λ)
+        Uᵀ (y - m): the projection onto the principal subspace, shrunk; uint8 in, [0, 1] out."""
         centre = (images.reshape(len(images), -1).astype(np.float64) + 0.5) / LEVELS
         shrink = (self.eigenvalues - self.noise_variance) / self.eigenvalues
         projected = ((centre - self.mean) @ self.components) * shrink
