@@ -21,9 +21,9 @@ import numpy as np
 from app.errors import Unprocessable
 from app.registry import ModelVersion
 from app.statistics import counted
-from vae_contract import bounds, scores
+from vae_contract import bounds, maps, scores
 from vae_contract import calibration as rule
-from vae_contract.likelihood import log_likelihood, log_likelihood_terms, pixel_means
+from vae_contract.likelihood import log_likelihood, pixel_means
 from vae_contract.manifest import Likelihood
 from vae_contract.scores import Statistics
 
@@ -123,16 +123,17 @@ async def elbo(mv: ModelVersion, x: np.ndarray, *, k: int, seed: int | None) -> 
     """Per-image ELBO (k = 1) or importance-weighted bound (k > 1) of x (N, C, H, W)."""
     manifest = mv.manifest
     n, latent, size = len(x), manifest.latent_dim, manifest.input.size
+    logits_size = int(np.prod(manifest.logits_shape))
     with mv.admit(n * (1 + k)):  # N encoder rows, N·k decoder rows
         mean, log_var = await mv.encoder.submit(x)
         z = await _numpy(n * k * latent, _draw, mean, log_var, seed, k)  # (N, k, L)
         flat_x = x.reshape(n, 1, size)  # (N, 1, D), broadcast over the k samples
         log_px = np.empty((n, k))
-        step = max(1, _SLICE_VALUES // (size * k))  # images per slice
+        step = max(1, _SLICE_VALUES // (logits_size * k))  # images per slice
         for start in range(0, n, step):
             stop = min(n, start + step)
             (logits,) = await mv.decoder.submit(z[start:stop].reshape(-1, latent))
-            logits = logits.reshape(stop - start, k, size)  # (n', k, D)
+            logits = logits.reshape(stop - start, k, -1)  # (n', k, P·D)
             log_px[start:stop] = await _numpy(
                 logits.size, log_likelihood, flat_x[start:stop], logits, manifest.likelihood
             )
@@ -158,21 +159,30 @@ def _scores(
     )
 
 
+@dataclass(frozen=True)
+class Maps:
+    """Where images depart from the model, per pixel (vae_contract.maps)."""
+
+    means: np.ndarray  # (N, C, H, W) in [0, 1], decoded at z = mean of q(z|x)
+    nats: np.ndarray  # (N, H, W) -log p(x_i|z), summed over channels
+    deviation: np.ndarray | None  # (N, H, W) the two-sided map, in standard deviations
+
+
 @counted("elbo")
-async def reconstruct(mv: ModelVersion, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, C, H, W) -> the pixel means decoded at z = mean (N, C, H, W) and
-    -log p(x_i|z) per pixel, summed over channels (N, H, W): where x departs from the model."""
+async def reconstruct(mv: ModelVersion, x: np.ndarray, *, two_sided: bool) -> Maps:
+    """x (N, C, H, W) -> its reconstruction and maps; the two-sided one if asked (for
+    a discretised logistic it sums over all 256 values of each sub-pixel)."""
     with mv.admit(2 * len(x)):
         mean, _ = await mv.encoder.submit(x)
         (logits,) = await mv.decoder.submit(mean)
-    return await _numpy(logits.size, _pixels_and_nats, x, logits, mv.manifest.likelihood)
+    work = logits.size * (256 if two_sided else 1)
+    return await _numpy(work, _maps, x, logits, mv.manifest.likelihood, two_sided)
 
 
-def _pixels_and_nats(
-    x: np.ndarray, logits: np.ndarray, likelihood: Likelihood
-) -> tuple[np.ndarray, np.ndarray]:
-    terms = log_likelihood_terms(x, logits, likelihood)  # (N, C, H, W)
-    return pixel_means(logits, likelihood), -terms.sum(axis=1)
+def _maps(x: np.ndarray, logits: np.ndarray, likelihood: Likelihood, two_sided: bool) -> Maps:
+    surprise = maps.nats(x, logits, likelihood)
+    deviation = maps.deviation(surprise, logits, likelihood) if two_sided else None
+    return Maps(pixel_means(logits, likelihood), surprise, deviation)
 
 
 def choose_score(mv: ModelVersion, score: scores.Score | None) -> scores.Score:

@@ -133,7 +133,7 @@ def _warm_up(manifest: Manifest, encoder: Graph, decoder: Graph) -> None:
     for name, got, want in (
         ("mean", mean.shape, (n, latent)),
         ("log_var", log_var.shape, (n, latent)),
-        ("logits", logits.shape, (n, *image)),
+        ("logits", logits.shape, (n, *manifest.logits_shape)),
     ):
         if tuple(got) != want:
             raise LoadError(f"a test run gave {name} of shape {tuple(got)}, expected {want}")

@@ -32,6 +32,13 @@ def npz(arrays: dict[str, np.ndarray], headers: dict[str, str]) -> Response:
     return Response(out.getvalue(), media_type=NPZ, headers=headers)
 
 
+def npy(array: np.ndarray, headers: dict[str, str]) -> Response:
+    """One array as a .npy body (`np.load(io.BytesIO(body))` opens it)."""
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return Response(out.getvalue(), media_type="application/x-npy", headers=headers)
+
+
 def wants_npz(accept: str | None) -> bool:
     """Whether an Accept header names the .npz answer (JSON stays the default)."""
     return accept is not None and NPZ in accept.lower()

@@ -69,7 +69,7 @@ def ceiling(
             mean, log_var = encoder.run(["mean", "log_var"], {"x": x})
             draws = bounds.reparameterize(mean, log_var, np.broadcast_to(eps, (n, 1, latent)))
             (logits,) = decoder.run(["logits"], {"z": draws[:, 0]})
-            log_px = log_likelihood(x.reshape(n, size), logits.reshape(n, size), likelihood)
+            log_px = log_likelihood(x.reshape(n, size), logits.reshape(n, -1), likelihood)
             return log_px - bounds.kl(mean, log_var)
 
         for op, step in (("encode", encode), ("decode", decode), ("elbo", elbo)):

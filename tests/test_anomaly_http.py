@@ -318,6 +318,46 @@ def test_the_map_lights_up_where_the_digit_was_corrupted(
         assert added[square].mean() > 5 * np.abs(added[~square]).mean()
 
 
+def test_map_numbers_come_as_json_and_npy(
+    client: TestClient, mnist: np.ndarray, version_dir: Path
+) -> None:
+    response = client.post("/elbo/map?format=json", content=npy(mnist[:3]), headers=NPY)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["likelihood"], body["window"]) == ("bernoulli", 5)
+    nats, deviation = np.asarray(body["nats"]), np.asarray(body["deviation"])
+    assert nats.shape == deviation.shape == (3, 28, 28)
+    # -log p(x_i|z) at z = mean, by hand from the version's graphs.
+    graphs = Graphs(version_dir)
+    x = mnist[:3, None].astype(np.float32) / np.float32(255)
+    logits = graphs.run_decoder(graphs.run_encoder(x)[0]).astype(np.float64)
+    want = -(x * logits - np.logaddexp(0.0, logits)).sum(axis=1)
+    np.testing.assert_allclose(nats, want, rtol=1e-4, atol=1e-4)
+    for kind, numbers in (("nats", nats), ("deviation", deviation)):
+        response = client.post(
+            f"/elbo/map?format=npy&map={kind}", content=npy(mnist[:3]), headers=NPY
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/x-npy"
+        got = np.load(io.BytesIO(response.content), allow_pickle=False)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, numbers, rtol=1e-6)
+
+
+def test_the_deviation_map_is_drawn_on_a_diverging_scale(
+    client: TestClient, mnist: np.ndarray
+) -> None:
+    response = client.post("/elbo/map?map=deviation&zoom=1", content=npy(mnist[:2]), headers=NPY)
+    assert response.status_code == 200, response.text
+    numbers = client.post("/elbo/map?format=npy&map=deviation", content=npy(mnist[:2]), headers=NPY)
+    deviation = np.load(io.BytesIO(numbers.content))
+    rgb = panels(response.content, 1)[:, 2].astype(int)  # (2, 28, 28, 3)
+    # Red above 0 standard deviations, blue below, black at 0; saturating at ±4.
+    above, below = deviation > 0.5, deviation < -0.5
+    assert (rgb[above, 0] >= rgb[above, 2]).all() and (rgb[below, 2] >= rgb[below, 0]).all()
+    assert (rgb[deviation >= 4].min(axis=-1) == 255).all()
+
+
 def test_map_refuses_bad_input_like_elbo(client: TestClient) -> None:
     response = client.post("/elbo/map", content=npy(np.zeros((1, 32, 32), np.uint8)), headers=NPY)
     assert response.status_code == 422

@@ -8,7 +8,7 @@ import numpy as np
 from app_support import read_mnist
 from PIL import Image
 
-from app.render import encode_png, grid, map_png
+from app.render import diverging, encode_png, grid, heat, map_png
 
 
 def test_one_image_encodes_to_a_png_of_itself() -> None:
@@ -31,11 +31,24 @@ def test_the_heat_map_has_the_documented_size_and_colours() -> None:
     x = np.zeros((2, 1, 4, 5), np.float32)
     nats = np.zeros((2, 4, 5))
     nats[0, 0, 0], nats[0, 0, 1], nats[1, 3, 4] = 5.0, 2.5, 100.0
-    png = map_png(x, x, nats, zoom=3)
+    png = map_png(x, x, heat(nats), zoom=3)
     image = np.asarray(Image.open(io.BytesIO(png)))
     assert image.shape == (2 * 4 * 3, 3 * 5 * 3, 3)
-    heat = image[::3, ::3][:, 10:]  # (8, 5, 3): the third panel, one pixel per value
-    assert heat[0, 0].tolist() == [255, 255, 255]  # 5 nats and above: white
-    assert heat[0, 1].tolist() == [255, 128, 0]  # 2.5 nats: t = 0.5, orange
-    assert heat[7, 4].tolist() == [255, 255, 255]
-    assert heat[1, 1].tolist() == [0, 0, 0]  # 0 nats: black
+    panel = image[::3, ::3][:, 10:]  # (8, 5, 3): the third panel, one pixel per value
+    assert panel[0, 0].tolist() == [255, 255, 255]  # 5 nats and above: white
+    assert panel[0, 1].tolist() == [255, 128, 0]  # 2.5 nats: t = 0.5, orange
+    assert panel[7, 4].tolist() == [255, 255, 255]
+    assert panel[1, 1].tolist() == [0, 0, 0]  # 0 nats: black
+
+
+def test_the_deviation_scale_is_the_hot_ramp_above_zero_and_its_blue_mirror_below() -> None:
+    deviation = np.array([[[4.0, 2.0, 0.0, -2.0, -4.0, -9.0]]])
+    rgb = np.rint(diverging(deviation)[0, :, 0].T * 255).astype(int).tolist()
+    assert rgb == [
+        [255, 255, 255],  # +4 sd and above: white
+        [255, 128, 0],  # +2: orange
+        [0, 0, 0],  # as the model expects: black
+        [0, 128, 255],  # -2: azure, more predictable than the model's own samples
+        [255, 255, 255],
+        [255, 255, 255],
+    ]

@@ -67,20 +67,35 @@ def photo_folder(folder: Path, n: int = 8) -> Path:
     return folder
 
 
-def test_binary_grey_gets_bernoulli_grey_values_and_colour_continuous_bernoulli(
+def test_binary_grey_gets_bernoulli_grey_values_and_colour_a_discretised_logistic(
     tmp_path: Path,
 ) -> None:
     warnings: list[str] = []
     mnist = _settled(MNIST, warnings)
     assert (mnist.likelihood, mnist.binarize, mnist.channels) == ("bernoulli", True, 1)
-    assert (mnist.image_size, mnist.hidden) == ([28, 28], [512, 256])
+    assert (mnist.image_size, mnist.architecture, mnist.hidden) == ([28, 28], "mlp", [512, 256])
     fashion = _settled(FASHION, warnings, architecture="conv")
-    assert (fashion.likelihood, fashion.binarize) == ("continuous_bernoulli", False)
+    assert (fashion.likelihood, fashion.binarize) == ("discretized_logistic", False)
     assert fashion.hidden == [32, 64, 256]  # conv's own default widths
+    assert _settled(FASHION, warnings).architecture == "mlp"  # 28×28 grey: the MLP
     photos = _settled(photo_folder(tmp_path / "p"), warnings)
     assert (photos.channels, photos.image_size) == (3, [24, 32])
-    assert (photos.likelihood, photos.binarize) == ("continuous_bernoulli", False)
+    assert (photos.likelihood, photos.binarize) == ("discretized_logistic", False)
+    assert (photos.architecture, photos.hidden) == ("conv", [32, 64, 256])  # colour: conv
     assert warnings == []
+
+
+def test_grey_images_larger_than_mnist_get_the_conv_net(tmp_path: Path) -> None:
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+    textures = _settled(folder, [])
+    assert (textures.channels, textures.architecture) == (1, "conv")
+    assert textures.likelihood == "discretized_logistic"
+    # An explicit choice stands.
+    assert _settled(folder, [], architecture="mlp").architecture == "mlp"
 
 
 def test_settings_that_contradict_the_data_are_refused_or_warned(tmp_path: Path) -> None:
@@ -89,7 +104,7 @@ def test_settings_that_contradict_the_data_are_refused_or_warned(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"--binarize would turn .* colour images black and"):
         _settled(folder, warnings, binarize=True)
     with pytest.raises(ConfigError, match="--binarize is for --likelihood bernoulli only"):
-        _settled(MNIST, warnings, likelihood="continuous_bernoulli", binarize=True)
+        _settled(MNIST, warnings, likelihood="discretized_logistic", binarize=True)
     grey = _settled(folder, warnings, channels=1)
     assert grey.channels == 1 and "holds colour images; training on their grey" in warnings[-1]
     bernoulli = _settled(FASHION, warnings, likelihood="bernoulli")

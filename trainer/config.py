@@ -39,7 +39,13 @@ class TrainConfig:
     out: str = field(metadata=_opt("the model's store folder: model_store/mnist"))
     version: int | None = field(default=None, metadata=_opt("default: the next free integer"))
     # Model.
-    architecture: Architecture = field(default="mlp", metadata=_opt("encoder and decoder type"))
+    architecture: Architecture | None = field(
+        default=None,
+        metadata=_opt(
+            "encoder and decoder type (default: mlp for grey images of at most 28×28 "
+            "pixels, such as MNIST; conv for colour or larger images)"
+        ),
+    )
     hidden: list[int] | None = field(
         default=None,
         metadata=_opt(
@@ -53,7 +59,7 @@ class TrainConfig:
         default=None,
         metadata=_opt(
             "p(x|z) (default: bernoulli for near-binary grey images such as MNIST, "
-            "else continuous_bernoulli)"
+            "else discretized_logistic: a probability for each 8-bit value)"
         ),
     )
     binarize: bool | None = field(

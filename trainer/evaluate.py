@@ -54,7 +54,7 @@ class Graphs:
         return mean, log_var
 
     def run_decoder(self, z: np.ndarray) -> np.ndarray:
-        """z (N, L) float32 -> logits (N, C, H, W)."""
+        """z (N, L) float32 -> logits (N, P·C, H, W), P the likelihood's parameters per value."""
         (logits,) = self.decoder.run(["logits"], {"z": z})
         return np.asarray(logits)
 

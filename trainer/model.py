@@ -1,5 +1,8 @@
 """The VAE: an encoder q(z|x) = N(mean, diag exp(log_var)) and a decoder giving
-the logits of p(x|z). Two architectures share one interface: MLP and conv."""
+the logits of p(x|z). Two architectures share one interface: MLP and conv.
+
+The decoder gives P values per pixel value: P = 1 logit for the Bernoulli
+likelihoods, P = 2 (location, log-scale) for the discretised logistic."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (B, L) -> logits (B, C, H, W)."""
+    """z (B, L) -> logits (B, P·C, H, W); `shape` is that output's."""
 
     def __init__(self, body: nn.Module, shape: Shape) -> None:
         super().__init__()
@@ -63,13 +66,17 @@ class Decoder(nn.Module):
         return out[:, :, : s.height, : s.width]
 
 
-def mlp_vae(shape: Shape, latent_dim: int, hidden: list[int]) -> tuple[Encoder, Decoder]:
+def mlp_vae(
+    shape: Shape, latent_dim: int, hidden: list[int], out: Shape
+) -> tuple[Encoder, Decoder]:
     encoder_body = nn.Sequential(nn.Flatten(), _mlp([shape.size, *hidden]), nn.ELU())
-    decoder_body = _mlp([latent_dim, *reversed(hidden), shape.size])
-    return Encoder(encoder_body, hidden[-1], latent_dim), Decoder(decoder_body, shape)
+    decoder_body = _mlp([latent_dim, *reversed(hidden), out.size])
+    return Encoder(encoder_body, hidden[-1], latent_dim), Decoder(decoder_body, out)
 
 
-def conv_vae(shape: Shape, latent_dim: int, hidden: list[int]) -> tuple[Encoder, Decoder]:
+def conv_vae(
+    shape: Shape, latent_dim: int, hidden: list[int], out: Shape
+) -> tuple[Encoder, Decoder]:
     """Two stride-2 convolutions down, two transposed convolutions up.
 
     hidden = [c1, c2, fc]: channel widths of the two conv stages and the width
@@ -97,20 +104,28 @@ def conv_vae(shape: Shape, latent_dim: int, hidden: list[int]) -> tuple[Encoder,
         nn.Unflatten(1, (c2, h4, w4)),
         nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # (B, c1, 2·h4, 2·w4)
         nn.ELU(),
-        nn.ConvTranspose2d(c1, shape.channels, 4, stride=2, padding=1),  # (B, C, 4·h4, 4·w4)
+        nn.ConvTranspose2d(c1, out.channels, 4, stride=2, padding=1),  # (B, P·C, 4·h4, 4·w4)
     )
-    return Encoder(encoder_body, fc, latent_dim), Decoder(decoder_body, shape)
+    return Encoder(encoder_body, fc, latent_dim), Decoder(decoder_body, out)
 
 
 class VAE(nn.Module):
-    def __init__(self, shape: Shape, latent_dim: int, architecture: str, hidden: list[int]) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        latent_dim: int,
+        architecture: str,
+        hidden: list[int],
+        parameters_per_value: int = 1,
+    ) -> None:
         super().__init__()
         build = {"mlp": mlp_vae, "conv": conv_vae}.get(architecture)
         if build is None:
             raise ValueError(f"unknown architecture {architecture!r}; expected mlp or conv")
         self.shape = shape
         self.latent_dim = latent_dim
-        self.encoder, self.decoder = build(shape, latent_dim, hidden)
+        out = Shape(shape.channels * parameters_per_value, shape.height, shape.width)
+        self.encoder, self.decoder = build(shape, latent_dim, hidden, out)
         self.bf16 = False  # training's forward: networks in bf16 autocast, the maths in fp32
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ def bound(
         mean, log_var = graphs.run_encoder(xb)  # (B, L)
         latent = mean.shape[1]
         z = bounds.reparameterize(mean, log_var, bounds.noise(seed, k, latent))  # (B, k, L)
-        logits = graphs.run_decoder(z.reshape(-1, latent)).reshape(len(xb), k, size)
+        logits = graphs.run_decoder(z.reshape(-1, latent)).reshape(len(xb), k, -1)  # (B, k, P·D)
         log_px = log_likelihood(xb.reshape(len(xb), 1, size), logits, likelihood)  # (B, k)
         kl = bounds.kl(mean, log_var)
         bounds_out.append(bounds.bound(log_px, kl, z, mean, log_var))

@@ -27,7 +27,7 @@ from trainer.config import STREAM_ABOVE, TrainConfig
 from trainer.defaults import settle
 from trainer.evaluate import Graphs, evaluate, prepare
 from trainer.export import OPSET, ExportError, export
-from trainer.likelihood import Likelihood, mean
+from trainer.likelihood import Likelihood, mean, parameters_per_value
 from trainer.loader import Batches, decoded_bytes, default_workers, to_x
 from trainer.model import VAE, Shape
 from trainer.objectives import elbo, iwae, log_weights
@@ -155,10 +155,11 @@ def fit(
     run_dir: Path,
 ) -> tuple[VAE, State]:
     """Train; rank 0 returns the model of the best validation epoch."""
-    assert c.hidden is not None and c.likelihood is not None
+    assert c.hidden is not None and c.likelihood is not None and c.architecture is not None
     device = rank.device
     torch.manual_seed(c.seed)  # the same initial weights on every rank
-    model = VAE(Shape(*train.shape[1:]), c.latent_dim, c.architecture, c.hidden).to(device)
+    shape, per_value = Shape(*train.shape[1:]), parameters_per_value(c.likelihood)
+    model = VAE(shape, c.latent_dim, c.architecture, c.hidden, per_value).to(device)
     model.bf16 = c.precision == "bf16"
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
     stream = c.stream if c.stream is not None else decoded_bytes(train) > STREAM_ABOVE
@@ -288,7 +289,7 @@ def publish(
     binarize = bool(c.binarize)
     staged = store.staging(model_dir, version)
     try:
-        graphs_io = export(model, staged, prepare(test[:16], False, c.seed))
+        graphs_io, export_check = export(model, staged, prepare(test[:16], False, c.seed))
         graphs = Graphs(staged, c.threads, rank.device.type)
         x_test = prepare(test[: c.eval_limit] if c.eval_limit else test, binarize, c.seed)
         metrics = evaluate(graphs.encode, graphs.decode, likelihood, x_test, c.eval_k, c.seed)
@@ -332,6 +333,7 @@ def publish(
                 "processes": rank.world,
                 "replica_drift": state.replica_drift,
                 "torch": torch.__version__,
+                "export_check": export_check,
             },
             "metrics": {"test": metrics},
             "calibration": calibrated,

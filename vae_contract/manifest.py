@@ -15,8 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 # The store's folder names; also what a `model` query may be.
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 FORMAT_VERSION = 1
-Likelihood = Literal["bernoulli", "continuous_bernoulli"]
+Likelihood = Literal["bernoulli", "continuous_bernoulli", "discretized_logistic"]
 Dim = int | str  # a static size, or the name of a dynamic axis ("batch")
+
+
+def parameters_per_value(likelihood: Likelihood) -> int:
+    """How many decoder outputs each of the D values takes: a Bernoulli's logit, or a
+    discretised logistic's location and log-scale (the decoder's 2C channels)."""
+    return 2 if likelihood == "discretized_logistic" else 1
 
 
 class _Strict(BaseModel):
@@ -174,13 +180,19 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     calibration: Calibration | None = None
 
+    @property
+    def logits_shape(self) -> tuple[int, int, int]:
+        """The decoder's output per latent: (P·C, H, W), P the likelihood's parameters per value."""
+        c, h, w = self.input.shape
+        return (c * parameters_per_value(self.likelihood), h, w)
+
     @model_validator(mode="after")
     def _graphs_match_shapes(self) -> Self:
         """The declared graph I/O must agree with `input` and `latent_dim`."""
         c, h, w, latent = *self.input.shape, self.latent_dim
         expected = {
             "encoder": ({"x": [c, h, w]}, {"mean": [latent], "log_var": [latent]}),
-            "decoder": ({"z": [latent]}, {"logits": [c, h, w]}),
+            "decoder": ({"z": [latent]}, {"logits": list(self.logits_shape)}),
         }
         for graph_name, (inputs, outputs) in expected.items():
             graph: GraphSpec = getattr(self.graphs, graph_name)
@@ -192,6 +204,6 @@ class Manifest(_Strict):
                 if got != wanted:
                     raise ValueError(
                         f"{graph_name} {role} are declared as {declared}, "
-                        f"but input and latent_dim imply (batch, ...) {wanted}"
+                        f"but input, latent_dim and likelihood imply (batch, ...) {wanted}"
                     )
         return self

@@ -15,7 +15,7 @@ from app.deps import ModelName, Version, leased, settings_of
 from app.errors import Unprocessable
 from app.inputs import NPY, read_body, read_images, read_latents
 from app.registry import ModelVersion
-from app.render import encode_png, map_png
+from app.render import diverging, encode_png, heat, map_png
 from app.routes import QueryRoute
 from app.schemas import (
     NPZ,
@@ -25,9 +25,11 @@ from app.schemas import (
     NumpyJSON,
     PixelsResponse,
     SampleResponse,
+    npy,
     npz,
     wants_npz,
 )
+from vae_contract import maps
 from vae_contract.scores import Score
 
 router = APIRouter(tags=["vae"], route_class=QueryRoute)
@@ -343,23 +345,61 @@ async def elbo(
         return _resized(answer, resize)
 
 
-@router.post(
-    "/elbo/map",
-    responses={200: {"description": "An RGB PNG.", "content": {"image/png": {}}}, **_ERRORS},
-    openapi_extra=_IMAGES_BODY,
-)
+_MAP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "format=png: an RGB PNG, per image a row of input | reconstruction | "
+        "map. format=json: the maps' numbers. format=npy: the chosen map, N×H×W float32.",
+        "content": {"image/png": {}, "application/json": {}, NPY: _BINARY},
+    },
+    **_ERRORS,
+}
+MapKind = Annotated[
+    Literal["nats", "deviation"],
+    Query(
+        description="nats: -log p(x_i|z) per pixel (one-sided, in nats); deviation: the "
+        "two-sided map in standard deviations, negative where the image is more predictable "
+        "than the model's own samples (a smudge). docs/manifest.md, The maps."
+    ),
+]
+MapFormat = Annotated[
+    Literal["png", "json", "npy"],
+    Query(description="png (default), json (both maps' numbers) or npy (the chosen map)."),
+]
+
+
+@router.post("/elbo/map", responses=_MAP_RESPONSES, openapi_extra=_IMAGES_BODY)
 async def elbo_map(
     request: Request,
     model: ModelName = None,
     version: Version = None,
     zoom: Annotated[int, Query(ge=1, le=16, description="Pixels per image pixel.")] = 4,
+    map: MapKind = "nats",
+    format: MapFormat = "png",
     resize: Resize = False,
 ) -> Response:
-    """Where images depart from the model: input | reconstruction | -log p(x_i|z) heat map."""
+    """Where images depart from the model: input | reconstruction | per-pixel map."""
     settings = settings_of(request)
     body = await read_body(request, settings.max_body_bytes)
     with leased(request, model, version) as mv:
         x = await read_images(request, mv.manifest, settings, resize=resize, body=body)
-        means, nats = await inference.reconstruct(mv, x)
-        png = await run_in_threadpool(map_png, x, means, nats, zoom)
+        two_sided = format == "json" or map == "deviation"
+        found = await inference.reconstruct(mv, x, two_sided=two_sided)
+        chosen = found.nats if map == "nats" else found.deviation
+        assert chosen is not None
+        if format == "npy":
+            return _resized(npy(chosen.astype(np.float32), _headers(mv)), resize)
+        if format == "json":
+            content = {
+                "model": mv.name,
+                "version": mv.version,
+                "likelihood": mv.manifest.likelihood,
+                "window": maps.WINDOW,
+                "nats": found.nats.astype(np.float32),
+                "deviation": None
+                if found.deviation is None
+                else found.deviation.astype(np.float32),
+            }
+            return _resized(await _json(content, len(x)), resize)
+        panel = heat(found.nats) if map == "nats" else diverging(chosen)
+        png = await run_in_threadpool(map_png, x, found.means, panel, zoom)
         return _resized(Response(png, media_type="image/png", headers=_headers(mv)), resize)
