@@ -74,7 +74,7 @@ class Settings(BaseSettings):
         default=16 * 2**20, ge=1, description="Most pixels one request may decode from image files."
     )
     # docs/limits.md: the container's memory limit must hold this, the models, the gRPC
-    # messages in flight (grpc_max_concurrency × max_body_bytes) and the process itself.
+    # messages in flight (grpc_max_concurrency × grpc_max_message_bytes) and the process itself.
     memory_budget_bytes: int = Field(
         default=384 * 2**20,
         ge=2**20,
@@ -94,12 +94,20 @@ class Settings(BaseSettings):
         le=3600,
         description="Most seconds a request body may go without a byte arriving (closed).",
     )
-    # gRPC's core holds each message whole before the service sees it: this many at
-    # max_body_bytes each is memory outside the budget (docs/limits.md).
+    # gRPC's core holds each message whole before the service sees it: this many calls at
+    # grpc_max_message_bytes each is memory outside the budget (docs/limits.md). Calls are
+    # counted, not bytes, so the count is sized for polite clients (perf_analyzer's
+    # concurrency sweeps reach 64) and the message size keeps their product bounded.
     grpc_max_concurrency: int = Field(
-        default=8,
+        default=64,
         ge=1,
         description="Most gRPC calls in progress at once; more get RESOURCE_EXHAUSTED.",
+    )
+    grpc_max_message_bytes: int = Field(
+        default=4 * 2**20,
+        ge=1024,
+        description="Largest gRPC request message (gRPC's own default); larger batches go over "
+        "HTTP, up to VAE_MAX_BODY_BYTES.",
     )
     max_samples: int = Field(default=64, ge=1, description="Largest n for /sample.")
     max_k: int = Field(default=128, ge=1, description="Largest k (importance samples) for /elbo.")

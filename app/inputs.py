@@ -250,9 +250,7 @@ async def read_images(
         # always go: a small file can still declare millions of pixels, and what they will
         # hold decoded is taken from the memory budget, read from their headers, first.
         assert parsed.files is not None
-        held = memory.files_bytes(
-            parsed.files, max_pixels=settings.max_pixels, resize=bool(resize)
-        )
+        held = memory.files_bytes(parsed.files, max_pixels=settings.max_pixels, resize=bool(resize))
         with memory.holding(held, f"decoding {count(len(parsed.files), 'image')}"):
             return await asyncio.to_thread(to_x, parsed, manifest, settings, resize=resize)
 

@@ -280,7 +280,9 @@ def _cases(url: str, grpc_target: str) -> list[tuple[str, Callable[[], list[str]
     native_lists = b'{"pixels":[' + lists + b"]}"
     # Built before the attacks: 16 M values take the client seconds.
     typed = _uint8_request([1, 1, 4000, 4000], typed=True)
-    raw = _uint8_request([1, 1, 4000, 4000], typed=False)
+    # As many calls as gRPC admits at once (VAE_GRPC_MAX_CONCURRENCY), each as large as
+    # a message may be (VAE_GRPC_MAX_MESSAGE_BYTES): what the core holds outside the budget.
+    raw = _uint8_request([1, 1, 2000, 2000], typed=False)
     return [
         ("1. pixel bombs: 6 × 4096² RGBA PNG, resize", lambda: [
             str(s) for s in pixel_bombs(url, png(4096, 4096), 6)
@@ -288,7 +290,7 @@ def _cases(url: str, grpc_target: str) -> list[tuple[str, Callable[[], list[str]
         ("2. gRPC typed: 4 × 16 M uint_contents, resize", lambda: _grpc_codes(
             grpc_target, typed, 4
         )),
-        ("2b. gRPC raw: 4 × 16 MB UINT8, resize", lambda: _grpc_codes(grpc_target, raw, 4)),
+        ("2b. gRPC raw: 64 × 4 MB UINT8, resize", lambda: _grpc_codes(grpc_target, raw, 64)),
         ("4. slow uploads: 70 × 14 of 15 MiB", lambda: asyncio.run(
             slow_uploads(url, count=70, size=15 * MiB, sent=14 * MiB, within_s=60)
         )),

@@ -266,6 +266,39 @@ def test_grpc_calls_count_against_the_same_concurrency_limit(
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
 
 
+def test_grpc_at_its_defaults_serves_perf_analyzers_concurrency_and_bounds_each_message(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The count of calls gRPC admits (VAE_GRPC_MAX_CONCURRENCY) bounds what its core
+    holds, so it must not refuse polite load: 64 calls at once (perf_analyzer's
+    sweeps reach 64; HTTP admits 256) all succeed (a limit of 8 refused most). The bytes
+    come from the message limit instead: a message over VAE_GRPC_MAX_MESSAGE_BYTES
+    (4 MiB, gRPC's own default) is refused before the service reads it."""
+    port = free_port()
+    # Each call long enough (16 images at k = 16) that the 64 are in progress together.
+    request = service_pb2.ModelInferRequest(model_name="mnist-elbo")
+    request.parameters["k"].int64_param = 16
+    request.inputs.add(name="x", datatype="UINT8", shape=[16, 1, 28, 28])
+    request.raw_input_contents.append(read_mnist(16).astype(np.uint8).tobytes())
+    large = service_pb2.ModelInferRequest(model_name="mnist-encoder")
+    large.inputs.add(name="x", datatype="UINT8", shape=[6000, 1, 28, 28])  # 4.7 MB
+    large.raw_input_contents.append(bytes(6000 * 784))
+    with (
+        serve(model_store, tmp_path, VAE_GRPC_PORT=str(port), VAE_RELOAD_INTERVAL_S="0"),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10)  # connected
+        calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(64)]
+        codes = [call.code() for call in calls]
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(large, timeout=60)
+    assert codes == [grpc.StatusCode.OK] * 64, [c for c in codes if c != grpc.StatusCode.OK]
+    error: grpc.Call = raised.value  # type: ignore[assignment]
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert str(4 * MiB) in (error.details() or ""), error.details()  # the size, not the count
+
+
 async def test_http_and_grpc_share_one_concurrency_limit(model_store: Path, tmp_path: Path) -> None:
     """VAE_MAX_CONCURRENCY=1 with an HTTP request in progress: a gRPC call is refused
     RESOURCE_EXHAUSTED, with the sentence HTTP's 503 gives; once it is done, served."""

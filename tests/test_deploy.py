@@ -395,7 +395,7 @@ def test_the_memory_limit_holds_the_budget(path: str) -> None:
     for workload in workloads(path):
         settings = app_settings(settings_of(path, workload))
         limit = _bytes(workload.container["resources"]["limits"]["memory"])
-        grpc_held = settings.grpc_max_concurrency * settings.max_body_bytes
+        grpc_held = settings.grpc_max_concurrency * settings.grpc_max_message_bytes
         assert limit >= settings.memory_budget_bytes + grpc_held + PROCESS_BYTES, path
 
 

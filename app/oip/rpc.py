@@ -262,8 +262,8 @@ async def serving(settings: Settings, registry: Registry, guards: Guards) -> Asy
         # the bound on messages its core holds whole (docs/limits.md).
         maximum_concurrent_rpcs=settings.grpc_max_concurrency,
         options=[
-            # The same body limit as HTTP; grpc's own default is 4 MiB.
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            # With maximum_concurrent_rpcs, the bound on what the core holds whole.
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             # Off: with it, a second server would share a taken port without a word.
             ("grpc.so_reuseport", 0),
         ],
