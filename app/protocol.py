@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.context import new_id
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -142,11 +144,16 @@ class HttpProtocol(HttpToolsProtocol):
             self._refuse(431, f"the headers are too large; {limit}")
 
     def _refuse(self, status: int, detail: str) -> None:
+        # A refused head is never read whole, so the caller's X-Request-ID is not known:
+        # a new id, in the answer and in the log line, as the app gives its errors.
+        rid = new_id()
+        log.info("refused %s before the app: %s (request id %s)", status, detail, rid)
         body = orjson.dumps({"detail": detail})
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
+            b"x-request-id: %s\r\n" % rid.encode(),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n\r\n",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,7 @@ def test_the_http_layer_refuses_in_the_same_shape(
     assert code == status and headers["content-type"] == "application/json", body[:200]
     detail = json.loads(body)["detail"]
     assert isinstance(detail, str) and phrase in detail
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # as the app's errors carry
     if status != 400:
         assert str(MAX_HEAD_BYTES) in detail
 
